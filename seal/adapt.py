@@ -1,0 +1,79 @@
+"""The inner loop: for each candidate self-edit, F LoRA fits of the current model, each scored.
+
+The current model is loaded once per process and shared by every candidate: a fit wraps it with
+a fresh adapter, trains, scores, saves the adapter, then unloads it, leaving the weights as they
+were. Loading a 7B model takes far longer than one fit, so this is what makes shards pay off.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from seal.config import RunConfig
+from seal.generate import TransformersGenerator
+from seal.seeds import derive_seed
+from seal.store import Store
+from seal import train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled self-edit of one context."""
+
+    context: int
+    k: int
+    text: str
+
+
+def score_model(model: Any, tokenizer: Any, task: Any, record: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    """Score a model (adapted or not) on one context's held-out probes."""
+    gen = TransformersGenerator(model, tokenizer)
+    return task.score(gen, record, cfg.task, cfg.sampling.batch_size)
+
+
+def fit_candidate(
+    model: Any,
+    tokenizer: Any,
+    task: Any,
+    record: dict[str, Any],
+    cand: Candidate,
+    cfg: RunConfig,
+    round_: int,
+    adapters: Store | None,
+) -> tuple[Any, dict[str, Any]]:
+    """F independent fits of one candidate; returns the (unchanged) model and its score row.
+
+    `adapters`, when given, receives each fit's adapter at `<context>/<k>/<fit>/`.
+    """
+    examples = task.training_examples(record, cand.text, cfg.task)
+    row: dict[str, Any] = {
+        "context": cand.context, "k": cand.k, "examples": len(examples),
+        "rewards": [], "fit_s": [], "score_s": [], "losses": [], "answers": [],
+    }
+    for fit in range(cfg.inner.fits):
+        seed = derive_seed(cfg.seed, "fit", round_, cand.context, cand.k, fit)
+        t0 = time.perf_counter()
+        peft_model = train.attach_lora(model, cfg.inner, seed)
+        stats = train.train(peft_model, tokenizer, examples, cfg.inner, seed, cfg.model.max_length)
+        t1 = time.perf_counter()
+        result = score_model(peft_model, tokenizer, task, record, cfg)
+        t2 = time.perf_counter()
+        if adapters is not None:
+            with tempfile.TemporaryDirectory(prefix="seal-adapter-") as tmp:
+                peft_model.save_pretrained(tmp)
+                adapters.put_dir(f"{cand.context}/{cand.k}/{fit}", tmp)
+        # unload() strips the LoRA layers without merging: the shared model is as before.
+        model = peft_model.unload()
+        row["rewards"].append(result["score"])
+        row["answers"].append(result["answers"])
+        row["losses"].append([stats["first_loss"], stats["last_loss"]])
+        row["fit_s"].append(round(t1 - t0, 4))
+        row["score_s"].append(round(t2 - t1, 4))
+    row["reward"] = sum(row["rewards"]) / len(row["rewards"])
+    return model, row

@@ -1,0 +1,275 @@
+"""The typed run configuration: one YAML file plus `--set key=value` overrides, checked early.
+
+Every field carries a description (shown by `seal config-help`). Unknown keys and bad values are
+rejected with one line naming the key and what is allowed (exit code 2), before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from seal.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, and values are re-checked on change."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    base: str = Field(
+        "tiny:hidden=256,layers=4,seed=0",
+        description="Base causal LM: a local folder, an s3:// prefix holding a Hugging Face model "
+        "folder, a hub name (downloaded once into the Hugging Face cache), or "
+        "'tiny:hidden=N,layers=N,seed=S' for a random tiny Qwen2-style model built on the fly.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to run: 'auto' picks cuda when a GPU is present, else cpu."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype: 'auto' is bfloat16 on cuda and float32 on cpu."
+    )
+    max_length: int = Field(
+        1024, ge=16, description="Longest token sequence used in training; longer examples are cut."
+    )
+
+
+class JudgeConfig(Section):
+    url: str = Field(
+        "", description="Base URL of an OpenAI-compatible API (e.g. http://vllm:8000/v1)."
+    )
+    model: str = Field("", description="Model name sent to the judge endpoint.")
+    api_key_env: str = Field(
+        "SEAL_JUDGE_API_KEY",
+        description="Name of the environment variable holding the judge's API key (may be unset).",
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Timeout of one judge HTTP request.")
+    retries: int = Field(
+        4, ge=0, description="Retries of a failed judge request (429, 5xx, network) with backoff."
+    )
+
+
+class TaskConfig(Section):
+    name: Literal["knowledge"] = Field(
+        "knowledge", description="Task family: 'knowledge' (SQuAD-form passages)."
+    )
+    data: str = Field(
+        "builtin:squad-sample",
+        description="Passages in SQuAD form: a local path, an s3:// URI, or "
+        "'builtin:squad-sample' for the passages shipped with seal.",
+    )
+    prompt: Literal["implications", "rewrite", "self-qa", "long"] = Field(
+        "implications", description="Self-edit prompt variant."
+    )
+    train_on_passage: bool = Field(
+        True,
+        description="Also train the inner loop on the passage itself (the paper's setting), not only "
+        "on the edit's lines.",
+    )
+    grader: Literal["exact_match", "f1", "judge"] = Field(
+        "exact_match",
+        description="Question grading: SQuAD-normalised exact match, token F1, or an LLM judge.",
+    )
+    answer_tokens: int = Field(64, ge=1, description="Greedy new tokens per answer.")
+    judge: JudgeConfig = Field(
+        default_factory=JudgeConfig, description="LLM judge endpoint (grader: judge)."
+    )
+
+
+class SamplingConfig(Section):
+    temperature: float = Field(1.0, ge=0, description="Self-edit sampling temperature (0: greedy).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest self-edit, in tokens.")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together (transformers).")
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="Generation backend: 'auto' uses transformers (vLLM: a later release)."
+    )
+
+
+class LoraConfig(Section):
+    rank: int = Field(32, ge=1, description="LoRA rank r.")
+    alpha: float = Field(64.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        min_length=1,
+        description="Module names that get LoRA (e.g. q_proj, v_proj, or all linear projections).",
+    )
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    epochs: int = Field(10, ge=1, description="Passes over the training examples.")
+    batch_size: int = Field(1, ge=1, description="Examples per optimiser step.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+
+
+class InnerLoopConfig(LoraConfig):
+    fits: int = Field(3, ge=1, description="Independent LoRA fits per self-edit (F); reward is the mean.")
+    keep_adapters: Literal["all", "winners", "none"] = Field(
+        "all",
+        description="Which fitted adapters stay in the store: all, only the kept edits', or none.",
+    )
+
+
+class FilterConfig(Section):
+    rule: Literal["top1", "improved", "threshold"] = Field(
+        "top1",
+        description="Which self-edits are kept: best per context (top1, the paper's choice), those "
+        "above the context's un-adapted baseline (improved), or reward >= threshold.",
+    )
+    threshold: float = Field(0.5, description="Reward a kept edit must reach (rule: threshold).")
+    min_reward: float = Field(
+        0.0,
+        description="top1 keeps the best edit only if its reward is above this (0 drops all-zero "
+        "contexts, which teach nothing).",
+    )
+
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class MStepConfig(LoraConfig):
+    # The paper's M-step: a larger adapter on every linear projection, gentler and shorter.
+    rank: int = Field(64, ge=1, description="LoRA rank r.")
+    alpha: float = Field(128.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(ALL_LINEAR),
+        min_length=1,
+        description="Module names that get LoRA (default: all linear projections).",
+    )
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    epochs: int = Field(2, ge=1, description="Passes over the kept (prompt -> edit) pairs.")
+    init: Literal["base", "previous"] = Field(
+        "base",
+        description="Start each round's SFT from the base model (ReSTEM's choice) or continue the "
+        "previous round's policy adapter.",
+    )
+
+
+class ShardConfig(Section):
+    sample_size: int = Field(8, ge=1, description="Contexts per sampling shard (one pod each).")
+    adapt_size: int = Field(4, ge=1, description="Candidates (context, k) per adaptation shard.")
+
+
+class RunConfig(Section):
+    """A whole ReSTEM run. YAML keys mirror these fields; nested keys use dots in `--set`."""
+
+    run_id: str = Field(
+        "demo",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description="Name of the run; its artifacts live under <store>/<run_id>/.",
+    )
+    store: str = Field(
+        ".seal/runs",
+        description="Artifact store: a local folder, file:///path, or s3://bucket/prefix.",
+    )
+    seed: int = Field(0, ge=0, description="Run seed; every other seed is derived from it.")
+    rounds: int = Field(2, ge=1, description="ReSTEM rounds (R).")
+    contexts_per_round: int = Field(
+        3, ge=1, description="Contexts (passages) drawn for each round."
+    )
+    edits_per_context: int = Field(5, ge=1, description="Self-edits sampled per context (K).")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="The task and its grading.")
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig, description="Self-edit sampling."
+    )
+    inner: InnerLoopConfig = Field(
+        default_factory=InnerLoopConfig, description="Inner loop: LoRA fits from each self-edit."
+    )
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="The ReSTEM filter.")
+    mstep: MStepConfig = Field(
+        default_factory=MStepConfig,
+        description="The M-step: LoRA SFT of the policy on the kept (prompt -> edit) pairs.",
+    )
+    shards: ShardConfig = Field(default_factory=ShardConfig, description="Work split into shards.")
+
+    @property
+    def run_uri(self) -> str:
+        from seal.store import join
+
+        return join(self.store, self.run_id)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results; `rounds` and `store` may change on resume."""
+        data = self.model_dump(mode="json", exclude={"rounds", "store"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _describe_error(err: ValidationError) -> str:
+    """One line naming the first bad key and what it allows."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        parent = RunConfig
+        for part in first["loc"][:-1]:
+            parent = parent.model_fields[str(part)].annotation  # type: ignore[assignment]
+        allowed = ", ".join(sorted(parent.model_fields))  # type: ignore[union-attr]
+        return f"unknown config key '{key}': allowed keys here are {allowed}"
+    return f"bad value for config key '{key}': {first['msg']}"
+
+
+def _parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars or flow collections: 3, 0.5, true, [q_proj, v_proj]."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set value '{text}' is not valid YAML: {e.problem}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set '{item}' must look like key=value (e.g. --set rounds=1)")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set '{item}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe_error(e)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (None: all defaults), apply `key=value` overrides, and validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}: pass the path of a YAML run config")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}".splitlines()[0]) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of keys to values")
+        data = loaded or {}
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def describe_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """Lines 'key (default): description' for every field, nested sections expanded."""
+    lines = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines.extend(describe_fields(ann, f"{prefix}{name}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        lines.append(f"{prefix}{name} (default {default!r}): {field.description}")
+    return lines

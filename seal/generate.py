@@ -1,0 +1,130 @@
+"""Text generation backends: self-edit sampling and greedy answers.
+
+`TransformersGenerator` runs anywhere torch runs. It decodes with its own short loop instead of
+`model.generate` so that every sequence samples from its own seeded generator: a self-edit then
+depends on (run seed, round, context, k), not on which other prompts shared its batch. A vLLM
+backend plugs in behind the same `generate()` signature.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """How to decode: temperature 0 means greedy."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    batch_size: int = 16
+    stop_at_newline: bool = False  # answers: stop at the end of the first non-empty line
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int  # generated tokens, EOS excluded
+    finish: str  # "stop" (EOS) or "length"
+
+
+class TransformersGenerator:
+    """Batched generation with a KV cache over any HF causal LM (a PeftModel included)."""
+
+    name = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    def generate(self, prompts: list[str], seeds: list[int], params: GenParams) -> list[Completion]:
+        assert len(prompts) == len(seeds)
+        out: list[Completion] = []
+        for start in range(0, len(prompts), params.batch_size):
+            end = start + params.batch_size
+            out.extend(self._batch(prompts[start:end], seeds[start:end], params))
+        return out
+
+    def _batch(self, prompts: list[str], seeds: list[int], params: GenParams) -> list[Completion]:
+        import torch
+
+        tok, model = self.tokenizer, self.model
+        device = next(model.parameters()).device
+        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+        ids = enc["input_ids"].to(device)
+        mask = enc["attention_mask"].to(device)
+        # Left padding shifts positions; derive them from the mask so padded rows match unpadded ones.
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        eos = tok.eos_token_id
+        n = len(prompts)
+        new_tokens: list[list[int]] = [[] for _ in range(n)]
+        finished = [False] * n
+        has_text = [False] * n
+        past = None
+        step_ids = ids
+        with torch.no_grad():
+            for _ in range(params.max_new_tokens):
+                res = model(
+                    input_ids=step_ids, attention_mask=mask, position_ids=pos,
+                    past_key_values=past, use_cache=True,
+                )
+                past = res.past_key_values
+                logits = res.logits[:, -1, :].float().cpu()
+                nxt = [eos if finished[i] else self._pick(logits[i], gens[i], params) for i in range(n)]
+                for i, t in enumerate(nxt):
+                    if finished[i]:
+                        continue
+                    if t == eos:
+                        finished[i] = True
+                        continue
+                    if params.stop_at_newline:
+                        piece = tok.decode([t])
+                        if "\n" in piece and has_text[i]:
+                            finished[i] = True
+                            continue
+                        has_text[i] = has_text[i] or bool(piece.strip())
+                    new_tokens[i].append(t)
+                if all(finished):
+                    break
+                step_ids = torch.tensor(nxt, device=device).unsqueeze(1)
+                mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
+                pos = pos[:, -1:] + 1
+        return [
+            Completion(
+                text=tok.decode(toks, skip_special_tokens=True),
+                tokens=len(toks),
+                finish="stop" if finished[i] else "length",
+            )
+            for i, toks in enumerate(new_tokens)
+        ]
+
+    @staticmethod
+    def _pick(logits: Any, gen: Any, params: GenParams) -> int:
+        import torch
+
+        if params.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+            drop = sorted_p.cumsum(-1) - sorted_p >= params.top_p
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def make_generator(backend: str, model: Any, tokenizer: Any) -> TransformersGenerator:
+    """Pick the backend named by sampling.backend ('auto' is transformers until vLLM lands)."""
+    if backend == "vllm":
+        from seal.errors import ConfigError
+
+        raise ConfigError("sampling.backend=vllm is not available in this release: use auto or transformers")
+    log.info("generation backend: transformers")
+    return TransformersGenerator(model, tokenizer)

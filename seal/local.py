@@ -1,0 +1,56 @@
+"""`seal run`: the whole ReSTEM loop on one machine, resumable from the store."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from seal import stages
+from seal.config import RunConfig
+from seal.errors import SealError
+from seal.report import round_table, summaries
+from seal.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    # disable=None: bars on a terminal, quiet in CI logs and pods.
+    return tqdm(total=total, desc=desc, unit="it", disable=None, leave=False)
+
+
+def run_local(cfg: RunConfig) -> list[dict[str, Any]]:
+    """Run (or resume) every round; returns the round summaries."""
+    run = open_store(cfg.run_uri)
+    stages.init_run(run, cfg)
+    rt = stages.Runtime(cfg, run)
+    try:
+        for r in range(cfg.rounds):
+            if run.exists(stages.rkey(r, "summary.json")):
+                log.info("round %d: done already", r)
+                continue
+            plan = stages.plan_round(rt, r)
+            n_sample, n_adapt = len(plan["sample_shards"]), len(plan["adapt_shards"])
+            with _progress(n_sample, f"round {r} sample") as bar:
+                for s in range(n_sample):
+                    stages.sample_shard(rt, r, s)
+                    bar.update(1)
+            n_cands = sum(len(a) for a in plan["adapt_shards"])
+            with _progress(n_cands, f"round {r} adapt") as bar:
+                for a in range(n_adapt):
+                    if not stages.adapt_shard(rt, r, a, progress=bar):
+                        bar.update(len(plan["adapt_shards"][a]))
+            summary = stages.improve_round(rt, r)
+            log.info("round %d: mean reward %.3f, kept %d", r, summary["mean_reward"], summary["kept"])
+    except SealError as e:
+        stages.set_status(run, "failed", str(e))
+        raise
+    rows = summaries(run)[: cfg.rounds]
+    stages.set_status(run, "succeeded")
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(round_table(rows))

@@ -1,0 +1,181 @@
+"""Knowledge incorporation (SQuAD passages): self-edit prompts, inner-loop data, questions, grading.
+
+A context is one passage record: {"title", "context", "questions": [{"question", "answer"}]}.
+The policy reads the passage and writes a self-edit (implications, a rewrite, QA pairs...); the
+inner loop trains on the edit's lines; the reward is accuracy on the passage's questions asked
+*without* the passage, so only what the fine-tune put into the weights can answer them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+from importlib import resources
+from typing import Any
+
+from seal.errors import ConfigError, DataError
+
+# Self-edit prompt variants. The policy continues after the last line.
+PROMPTS: dict[str, str] = {
+    "implications": (
+        "Read the following passage and list the implications that follow from it, directly or "
+        "indirectly, one per line.\n\nTitle: {title}\nPassage: {context}\n\nImplications:\n"
+    ),
+    "rewrite": (
+        "Read the following passage and rewrite it in several different ways, one rewrite per "
+        "line.\n\nTitle: {title}\nPassage: {context}\n\nRewrites:\n"
+    ),
+    "self-qa": (
+        "Read the following passage and write questions about it with their answers, one "
+        "question and answer per line.\n\nTitle: {title}\nPassage: {context}\n\nQuestions and answers:\n"
+    ),
+    "long": (
+        "Read the following passage and write a long, thorough list of everything it implies, "
+        "including background facts and consequences, one per line.\n\nTitle: {title}\n"
+        "Passage: {context}\n\nImplications:\n"
+    ),
+}
+
+
+def load_records(source: str) -> list[dict[str, Any]]:
+    """Read SQuAD-form records from a local path, an s3:// URI or 'builtin:squad-sample'."""
+    if source.startswith("builtin:"):
+        name = source[len("builtin:"):]
+        try:
+            raw = (resources.files("seal.data") / f"{name}.json").read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"task.data {source}: no such built-in data set (try builtin:squad-sample)") from None
+    elif "://" in source:
+        from seal.store import open_store
+
+        parent, _, name = source.rpartition("/")
+        raw = open_store(parent).read_bytes(name)
+    else:
+        try:
+            with open(source, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raise ConfigError(f"task.data file not found: {source}: fix the path in the config") from None
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"task.data {source} is not valid JSON: {e}") from None
+    return validate_records(data, source)
+
+
+def validate_records(data: Any, source: str) -> list[dict[str, Any]]:
+    if not isinstance(data, list) or not data:
+        raise DataError(f"task.data {source}: expected a non-empty JSON list of passage records")
+    for i, rec in enumerate(data):
+        ok = (
+            isinstance(rec, dict)
+            and isinstance(rec.get("title"), str)
+            and isinstance(rec.get("context"), str)
+            and isinstance(rec.get("questions"), list)
+            and all(
+                isinstance(q, dict) and isinstance(q.get("question"), str) and isinstance(q.get("answer"), str)
+                for q in rec["questions"]
+            )
+        )
+        if not ok:
+            raise DataError(
+                f"task.data {source}: record {i} needs 'title', 'context' and "
+                "'questions': [{'question', 'answer'}] (all strings)"
+            )
+    return data
+
+
+def edit_prompt(record: dict[str, Any], variant: str = "implications") -> str:
+    return PROMPTS[variant].format(title=record["title"], context=record["context"])
+
+
+def training_texts(record: dict[str, Any], edit: str, with_passage: bool = True) -> list[str]:
+    """Inner-loop examples: each non-empty line of the edit prefixed by the title, then the passage."""
+    lines = [line.strip() for line in edit.splitlines()]
+    texts = [f"{record['title']}\n{line}" for line in lines if line]
+    if with_passage:
+        texts.append(f"{record['title']}\n{record['context']}")
+    return texts
+
+
+def question_prompt(title: str, question: str) -> str:
+    """A question asked without the passage: only the adapted weights can answer it."""
+    return f"Topic: {title}\n{question}\n"
+
+
+def first_line(generation: str) -> str:
+    """The model's answer is its first non-empty line (models keep writing after answering)."""
+    for line in generation.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+# --- SQuAD v1.1 grading: the official normalisation (lower case, no punctuation/articles/extra spaces)
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+# --- The task interface used by the stages (seal/tasks/__init__.py: get_task)
+
+
+def load_contexts(task_cfg: Any) -> list[dict[str, Any]]:
+    return load_records(task_cfg.data)
+
+
+def context_prompt(record: dict[str, Any], task_cfg: Any) -> str:
+    return edit_prompt(record, task_cfg.prompt)
+
+
+def training_examples(record: dict[str, Any], edit: str, task_cfg: Any) -> list[Any]:
+    from seal.train import Example
+
+    return [Example(text=t) for t in training_texts(record, edit, task_cfg.train_on_passage)]
+
+
+def grade(task_cfg: Any, question: str, gold: str, prediction: str) -> float:
+    if task_cfg.grader == "exact_match":
+        return exact_match(prediction, gold)
+    if task_cfg.grader == "f1":
+        return f1_score(prediction, gold)
+    from seal.judge import judge_answer
+
+    return judge_answer(task_cfg.judge, question, gold, prediction)
+
+
+def score(generator: Any, record: dict[str, Any], task_cfg: Any, batch_size: int) -> dict[str, Any]:
+    """Ask every question of the passage without the passage; mean grade is the score."""
+    from seal.generate import GenParams
+
+    questions = record["questions"]
+    if not questions:
+        return {"score": 0.0, "answers": [], "grades": []}
+    prompts = [question_prompt(record["title"], q["question"]) for q in questions]
+    params = GenParams(max_new_tokens=task_cfg.answer_tokens, temperature=0.0,
+                       batch_size=batch_size, stop_at_newline=True)
+    answers = [first_line(c.text) for c in generator.generate(prompts, [0] * len(prompts), params)]
+    grades = [grade(task_cfg, q["question"], q["answer"], a) for q, a in zip(questions, answers)]
+    return {"score": sum(grades) / len(grades), "answers": answers, "grades": grades}

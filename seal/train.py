@@ -1,0 +1,104 @@
+"""LoRA fine-tuning: one small loop shared by the inner loop (fit on a self-edit) and the M-step.
+
+An example is a text, or a (prompt, completion) pair whose loss covers the completion only.
+Padding never enters the loss (the reference implementation let it in: a bug not to copy).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from seal.config import LoraConfig
+from seal.seeds import seed_everything
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # label value the cross-entropy loss skips
+
+
+@dataclass(frozen=True)
+class Example:
+    """Training text; with a prompt, the loss covers `text` only (SFT on completions)."""
+
+    text: str
+    prompt: str = ""
+
+
+def encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels (prompt tokens masked), with EOS so the model learns to stop."""
+    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"] if example.prompt else []
+    text_ids = tokenizer(example.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (prompt_ids + text_ids)[:max_length]
+    labels = ([IGNORE] * len(prompt_ids) + text_ids)[:max_length]
+    return ids, labels
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch; padded positions get attention 0 and label IGNORE."""
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def peft_config(lora: LoraConfig) -> Any:
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_lora(model: Any, lora: LoraConfig, seed: int, adapter_dir: str | None = None) -> Any:
+    """Wrap `model` with a fresh LoRA adapter (seeded init), or a trainable copy of a saved one."""
+    from peft import PeftModel, get_peft_model
+
+    seed_everything(seed)
+    if adapter_dir:
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    return get_peft_model(model, peft_config(lora))
+
+
+def train(peft_model: Any, tokenizer: Any, examples: list[Example], lora: LoraConfig, seed: int,
+          max_length: int) -> dict[str, float]:
+    """Run `lora.epochs` passes of AdamW over the examples in a seeded order; returns loss stats."""
+    import torch
+
+    device = next(peft_model.parameters()).device
+    rows = [encode(tokenizer, ex, max_length) for ex in examples]
+    rows = [r for r in rows if any(label != IGNORE for label in r[1])]
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lora.lr, weight_decay=lora.weight_decay)
+    order_gen = torch.Generator().manual_seed(seed)
+    peft_model.train()
+    first = last = float("nan")
+    steps = 0
+    for _ in range(lora.epochs):
+        order = torch.randperm(len(rows), generator=order_gen).tolist()
+        for start in range(0, len(order), lora.batch_size):
+            batch = collate([rows[i] for i in order[start : start + lora.batch_size]], tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = peft_model(**batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            last = float(loss.detach())
+            if steps == 0:
+                first = last
+            steps += 1
+    peft_model.eval()
+    return {"steps": steps, "first_loss": first, "last_loss": last}
