@@ -17,7 +17,7 @@ from seal.config import RunConfig
 from seal.generate import TransformersGenerator
 from seal.seeds import derive_seed
 from seal.store import Store
-from seal import train
+from seal import tasks, train
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,7 @@ class Candidate:
 
 def score_model(model: Any, tokenizer: Any, task: Any, record: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
     """Score a model (adapted or not) on one context's held-out probes."""
-    gen = TransformersGenerator(model, tokenizer)
-    return task.score(gen, record, cfg.task, cfg.sampling.batch_size)
+    return tasks.score(task, TransformersGenerator(model, tokenizer), record, cfg.task, cfg.sampling.batch_size)
 
 
 def fit_candidate(
@@ -51,16 +50,20 @@ def fit_candidate(
 
     `adapters`, when given, receives each fit's adapter at `<context>/<k>/<fit>/`.
     """
-    examples = task.training_examples(record, cand.text, cfg.task)
+    job = task.inner_job(record, cand.text, cfg.task, cfg.inner)
     row: dict[str, Any] = {
-        "context": cand.context, "k": cand.k, "examples": len(examples),
+        "context": cand.context, "k": cand.k, "examples": len(job.examples),
         "rewards": [], "fit_s": [], "score_s": [], "losses": [], "answers": [],
     }
+    if job.skip:
+        # Not trained (e.g. an unparseable edit or one over the compute cap): reward 0, reason kept.
+        row.update(skip=job.skip, rewards=[0.0] * cfg.inner.fits, reward=0.0)
+        return model, row
     for fit in range(cfg.inner.fits):
         seed = derive_seed(cfg.seed, "fit", round_, cand.context, cand.k, fit)
         t0 = time.perf_counter()
-        peft_model = train.attach_lora(model, cfg.inner, seed)
-        stats = train.train(peft_model, tokenizer, examples, cfg.inner, seed, cfg.model.max_length)
+        peft_model = train.attach_lora(model, job.lora, seed)
+        stats = train.train(peft_model, tokenizer, job.examples, job.lora, seed, cfg.model.max_length)
         t1 = time.perf_counter()
         result = score_model(peft_model, tokenizer, task, record, cfg)
         t2 = time.perf_counter()

@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 from seal.errors import ConfigError, DataError
+from seal.tasks import InnerJob
 
 # Self-edit prompt variants. The policy continues after the last line.
 PROMPTS: dict[str, str] = {
@@ -139,7 +140,7 @@ def f1_score(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-# --- The task interface used by the stages (seal/tasks/__init__.py: get_task)
+# --- The task interface used by the stages (see seal/tasks/__init__.py)
 
 
 def load_contexts(task_cfg: Any) -> list[dict[str, Any]]:
@@ -150,10 +151,23 @@ def context_prompt(record: dict[str, Any], task_cfg: Any) -> str:
     return edit_prompt(record, task_cfg.prompt)
 
 
-def training_examples(record: dict[str, Any], edit: str, task_cfg: Any) -> list[Any]:
+def inner_job(record: dict[str, Any], edit: str, task_cfg: Any, inner_cfg: Any) -> InnerJob:
+    """Train on the edit's lines (and the passage) with the run's inner-loop settings."""
     from seal.train import Example
 
-    return [Example(text=t) for t in training_texts(record, edit, task_cfg.train_on_passage)]
+    texts = training_texts(record, edit, task_cfg.train_on_passage)
+    return InnerJob(examples=[Example(text=t) for t in texts], lora=inner_cfg)
+
+
+def probe_prompts(record: dict[str, Any], task_cfg: Any) -> list[str]:
+    return [question_prompt(record["title"], q["question"]) for q in record["questions"]]
+
+
+def probe_params(task_cfg: Any, batch_size: int) -> Any:
+    from seal.generate import GenParams
+
+    return GenParams(max_new_tokens=task_cfg.answer_tokens, temperature=0.0, batch_size=batch_size,
+                     stop_at_newline=True)
 
 
 def grade(task_cfg: Any, question: str, gold: str, prediction: str) -> float:
@@ -166,16 +180,9 @@ def grade(task_cfg: Any, question: str, gold: str, prediction: str) -> float:
     return judge_answer(task_cfg.judge, question, gold, prediction)
 
 
-def score(generator: Any, record: dict[str, Any], task_cfg: Any, batch_size: int) -> dict[str, Any]:
-    """Ask every question of the passage without the passage; mean grade is the score."""
-    from seal.generate import GenParams
-
+def grade_outputs(record: dict[str, Any], outputs: list[str], task_cfg: Any) -> dict[str, Any]:
+    """Mean grade over the passage's questions, from the model's raw outputs to probe_prompts."""
     questions = record["questions"]
-    if not questions:
-        return {"score": 0.0, "answers": [], "grades": []}
-    prompts = [question_prompt(record["title"], q["question"]) for q in questions]
-    params = GenParams(max_new_tokens=task_cfg.answer_tokens, temperature=0.0,
-                       batch_size=batch_size, stop_at_newline=True)
-    answers = [first_line(c.text) for c in generator.generate(prompts, [0] * len(prompts), params)]
+    answers = [first_line(o) for o in outputs]
     grades = [grade(task_cfg, q["question"], q["answer"], a) for q, a in zip(questions, answers)]
-    return {"score": sum(grades) / len(grades), "answers": answers, "grades": grades}
+    return {"score": sum(grades) / len(grades) if grades else 0.0, "answers": answers, "grades": grades}
