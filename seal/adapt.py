@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from seal import tasks, train
 from seal.config import RunConfig
 from seal.generate import TransformersGenerator
 from seal.seeds import derive_seed
 from seal.store import Store
-from seal import tasks, train
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import json
 import logging
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from seal import __version__
@@ -111,7 +111,7 @@ def init_run(run: Store, cfg: RunConfig) -> dict[str, Any]:
             "config": cfg.model_dump(mode="json"),
             "fingerprint": cfg.fingerprint(),
             "version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "status": "running",
         }
     run.write_json("run.json", meta)
@@ -121,7 +121,7 @@ def init_run(run: Store, cfg: RunConfig) -> dict[str, Any]:
 def set_status(run: Store, status: str, message: str = "") -> None:
     meta = run.read_json("run.json")
     meta["status"], meta["message"] = status, message
-    meta["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     run.write_json("run.json", meta)
 
 
@@ -171,7 +171,7 @@ def sample_shard(rt: Runtime, round_: int, shard: int) -> bool:
     rows = [
         {"context": c, "k": k, "prompt": p, "text": comp.text, "tokens": comp.tokens,
          "finish": comp.finish, "seed": s, "backend": gen.name, "gen_s": round(share, 4)}
-        for (c, k), p, s, comp in zip(jobs, prompts, seeds, completions)
+        for (c, k), p, s, comp in zip(jobs, prompts, seeds, completions, strict=True)
     ]
     rt.run.write_jsonl(key, rows)
     return True

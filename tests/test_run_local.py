@@ -11,8 +11,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import tiny_overrides
+
 from seal.cli import main
 from seal.store import open_store
 

@@ -184,5 +184,5 @@ def grade_outputs(record: dict[str, Any], outputs: list[str], task_cfg: Any) -> 
     """Mean grade over the passage's questions, from the model's raw outputs to probe_prompts."""
     questions = record["questions"]
     answers = [first_line(o) for o in outputs]
-    grades = [grade(task_cfg, q["question"], q["answer"], a) for q, a in zip(questions, answers)]
+    grades = [grade(task_cfg, q["question"], q["answer"], a) for q, a in zip(questions, answers, strict=True)]
     return {"score": sum(grades) / len(grades) if grades else 0.0, "answers": answers, "grades": grades}
