@@ -55,6 +55,8 @@ def fit_candidate(
         "context": cand.context, "k": cand.k, "examples": len(job.examples),
         "rewards": [], "fit_s": [], "score_s": [], "losses": [], "answers": [],
     }
+    if job.info:
+        row["job"] = job.info  # the task's reading of the edit (e.g. ARC: choices, clamps, data counts)
     if job.skip:
         # Not trained (e.g. an unparseable edit or one over the compute cap): reward 0, reason kept.
         row.update(skip=job.skip, rewards=[0.0] * cfg.inner.fits, reward=0.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from seal.errors import ConfigError
 
@@ -56,14 +56,76 @@ class JudgeConfig(Section):
     )
 
 
+ARC_VIEWS = Literal["identity", "rot90", "rot180", "rot270", "flip_h", "flip_v", "transpose", "anti_transpose"]
+
+
+class ArcConfig(Section):
+    """Few-shot ARC (task.name: arc): test-time-training data, the edit's allowed ranges, voting."""
+
+    solutions: str = Field(
+        "",
+        description="ARC solutions JSON ({task_id: [grid, ...]}) matching the challenges in task.data: "
+        "a local path or s3:// URI; leave empty for a builtin: task set.",
+    )
+    leave_two_out: bool = Field(
+        True,
+        description="Besides leave-one-out puzzles, train on leave-two-out ones (tasks with >= 3 "
+        "demonstrations).",
+    )
+    color_permutations: int = Field(
+        1, ge=0, le=16,
+        description="Extra copies of each augmented puzzle with colours 1-9 randomly permuted "
+        "(0, the background, stays).",
+    )
+    shuffle_demos: bool = Field(True, description="Shuffle the demonstration order of each training puzzle.")
+    max_examples: int = Field(
+        512, ge=1,
+        description="Most TTT examples trained on; more are subsampled (a memory/time guard applied "
+        "after the compute cap is judged).",
+    )
+    max_grid_side: int = Field(
+        30, ge=1, le=30,
+        description="Augmented puzzles with a grid side above this are dropped (ARC's limit is 30).",
+    )
+    max_example_cells: int = Field(
+        4000, ge=1,
+        description="Augmented puzzles with more grid cells than this in all are dropped (about 2 "
+        "tokens per cell: keep under model.max_length / 2).",
+    )
+    compute_cap: float = Field(
+        375.0, gt=0,
+        description="An edit whose epochs x examples / inner.batch_size exceeds this is not trained "
+        "and scores 0 (the paper's rule).",
+    )
+    lr_min: float = Field(1e-6, gt=0, description="A self-edit's learning rate is clamped up to this.")
+    lr_max: float = Field(1e-3, gt=0, description="A self-edit's learning rate is clamped down to this.")
+    max_epochs: int = Field(10, ge=1, description="A self-edit's epochs are clamped down to this.")
+    vote_transforms: list[ARC_VIEWS] = Field(
+        default_factory=lambda: ["identity", "rot90", "rot180", "rot270", "flip_h", "flip_v",
+                                 "transpose", "anti_transpose"],
+        min_length=1,
+        description="Views of the test puzzle answered greedily; answers are mapped back and voted.",
+    )
+    attempts: int = Field(
+        2, ge=1, description="Top voted answers that may match the solution (2: ARC's pass@2)."
+    )
+
+    @model_validator(mode="after")
+    def _lr_range(self) -> ArcConfig:
+        if self.lr_min > self.lr_max:
+            raise ValueError(f"lr_min {self.lr_min:g} is above lr_max {self.lr_max:g}")
+        return self
+
+
 class TaskConfig(Section):
-    name: Literal["knowledge"] = Field(
-        "knowledge", description="Task family: 'knowledge' (SQuAD-form passages)."
+    name: Literal["knowledge", "arc"] = Field(
+        "knowledge",
+        description="Task family: 'knowledge' (SQuAD-form passages) or 'arc' (few-shot ARC tasks).",
     )
     data: str = Field(
         "builtin:squad-sample",
-        description="Passages in SQuAD form: a local path, an s3:// URI, or "
-        "'builtin:squad-sample' for the passages shipped with seal.",
+        description="knowledge: passages in SQuAD form; arc: ARC challenges JSON. A local path, an "
+        "s3:// URI, or builtin:squad-sample / builtin:arc-demo for the data shipped with seal.",
     )
     prompt: Literal["implications", "rewrite", "self-qa", "long"] = Field(
         "implications", description="Self-edit prompt variant."
@@ -77,9 +139,15 @@ class TaskConfig(Section):
         "exact_match",
         description="Question grading: SQuAD-normalised exact match, token F1, or an LLM judge.",
     )
-    answer_tokens: int = Field(64, ge=1, description="Greedy new tokens per answer.")
+    answer_tokens: int = Field(
+        64, ge=1,
+        description="Greedy new tokens per answer (arc: room for the answer grid, about 2 per cell).",
+    )
     judge: JudgeConfig = Field(
         default_factory=JudgeConfig, description="LLM judge endpoint (grader: judge)."
+    )
+    arc: ArcConfig = Field(
+        default_factory=ArcConfig, description="Few-shot ARC settings (task.name: arc)."
     )
 
 

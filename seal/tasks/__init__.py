@@ -16,7 +16,7 @@ batched call and grade each candidate afterwards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -28,6 +28,9 @@ class InnerJob:
     examples: list[Any]  # seal.train.Example
     lora: Any  # seal.config.LoraConfig: the run's settings, or the edit's choice
     skip: str = ""  # non-empty: do not train; the candidate scores 0 with this reason
+    # What the task made of the edit (parsed choices, clamps, data counts): copied into the
+    # candidate's score row under "job", so a skip or a clamp is visible in the store.
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def get_task(name: str) -> ModuleType:
@@ -35,6 +38,10 @@ def get_task(name: str) -> ModuleType:
         from seal.tasks import knowledge
 
         return knowledge
+    if name == "arc":
+        from seal.tasks import arc
+
+        return arc
     raise ValueError(f"unknown task {name!r}")  # config validation rejects this earlier
 
 
