@@ -263,6 +263,8 @@ def improve_round(rt: Runtime, round_: int) -> dict[str, Any]:
         "max_reward": max(rewards),
         "mean_baseline": sum(baselines.values()) / len(baselines),
         "kept": len(kept),
+        # Edits the task refused to train (unparseable, over a compute cap): reward 0, counted.
+        "skipped": sum(1 for r in scores if r.get("skip")),
         "mstep": mstep,
         "tokens": sum(e["tokens"] for e in edits.values()),
         "seconds": {
