@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML run config (default: the built-in CPU demo)")
     _config_args(p)
     p.add_argument("--plot", help="also write the reward plot to this PNG path")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port while running (default: $SEAL_METRICS_PORT)")
+    p.add_argument("--pushgateway", default=None,
+                   help="push each stage's metrics to this Pushgateway URL (default: $SEAL_PUSHGATEWAY)")
 
     p = sub.add_parser("report", help="print a run's round table and plot reward per round")
     p.add_argument("run", help="run URI: <store>/<run_id>")
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
+        _metrics_out(args)
         return _dispatch(args)
     except SealError as e:
         print(f"seal: error: {e}", file=sys.stderr)
@@ -111,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seal: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _metrics_out(args: argparse.Namespace) -> None:
+    """Serve /metrics when a port is set ($SEAL_METRICS_PORT or `run --metrics-port`); stages push
+    to $SEAL_PUSHGATEWAY (or `run --pushgateway`) themselves. See seal/metrics.py."""
+    from seal import metrics
+
+    if getattr(args, "pushgateway", None):
+        os.environ[metrics.PUSHGATEWAY_ENV] = args.pushgateway
+    metrics.serve(getattr(args, "metrics_port", None))
 
 
 def _dispatch(args: argparse.Namespace) -> int:

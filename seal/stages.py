@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from seal import __version__
+from seal import __version__, metrics
 from seal.adapt import Candidate, fit_candidate, score_model
 from seal.config import RunConfig, from_dict
 from seal.errors import ConfigError
@@ -128,6 +128,7 @@ def set_status(run: Store, status: str, message: str = "") -> None:
 # --- plan
 
 
+@metrics.stage("plan")
 def plan_round(rt: Runtime, round_: int) -> dict[str, Any]:
     key = rkey(round_, "plan.json")
     if rt.run.exists(key):
@@ -147,6 +148,7 @@ def read_plan(run: Store, round_: int) -> dict[str, Any]:
 # --- sample
 
 
+@metrics.stage("sample", sharded=True)
 def sample_shard(rt: Runtime, round_: int, shard: int) -> bool:
     """Sample K self-edits for each context of one shard; returns False if it was already done."""
     key = shard_key(round_, "edits", shard)
@@ -174,6 +176,7 @@ def sample_shard(rt: Runtime, round_: int, shard: int) -> bool:
         for (c, k), p, s, comp in zip(jobs, prompts, seeds, completions, strict=True)
     ]
     rt.run.write_jsonl(key, rows)
+    metrics.self_edits_sampled(cfg.task.name, len(rows), sum(r["tokens"] for r in rows))
     return True
 
 
@@ -199,6 +202,7 @@ def read_edits(run: Store, plan: dict[str, Any], round_: int, contexts: set[int]
 # --- adapt
 
 
+@metrics.stage("adapt", sharded=True)
 def adapt_shard(rt: Runtime, round_: int, shard: int, progress: Any = None) -> bool:
     """The inner loop for one shard of candidates; returns False if it was already done."""
     key = shard_key(round_, "scores", shard)
@@ -221,6 +225,7 @@ def adapt_shard(rt: Runtime, round_: int, shard: int, progress: Any = None) -> b
         model, row = fit_candidate(model, rt.tokenizer, rt.task, record, cand, cfg, round_, adapters)
         row["baseline"] = baselines[c]
         rows.append(row)
+        metrics.inner_fits(cfg.task.name, row["fit_s"], row["reward"])
         if progress is not None:
             progress.update(1)
     rt.run.write_jsonl(key, rows)
@@ -230,6 +235,7 @@ def adapt_shard(rt: Runtime, round_: int, shard: int, progress: Any = None) -> b
 # --- improve
 
 
+@metrics.stage("improve")
 def improve_round(rt: Runtime, round_: int) -> dict[str, Any]:
     """Join scores, filter, run the M-step, write kept.jsonl, policy/ and summary.json (last)."""
     run, cfg = rt.run, rt.cfg
@@ -251,6 +257,7 @@ def improve_round(rt: Runtime, round_: int) -> dict[str, Any]:
     else:
         kept = sft_rows(filter_scores(scores, cfg.filter), edits)
         run.write_jsonl(kept_key, kept)
+        metrics.edits_kept(cfg.task.name, len(kept))
     mstep = write_policy(rt, round_, kept)
     prune_adapters(run, cfg, round_, scores, kept)
     rewards = [r["reward"] for r in scores]

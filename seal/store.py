@@ -28,6 +28,7 @@ import botocore.exceptions as bex
 from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
 from botocore.config import Config
 
+from seal import metrics
 from seal.errors import ConfigError, DataError, TransientError
 
 MARKER = ".complete"  # written last into a folder by put_dir; holds the folder's file list
@@ -122,13 +123,17 @@ class Store(abc.ABC):
         return None
 
     def read_text(self, key: str) -> str:
+        data = self.read_bytes(key)
+        metrics.store_bytes(self.uri, "read", len(data))
         try:
-            return self.read_bytes(key).decode("utf-8")
+            return data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise DataError(f"not UTF-8 text: {join(self.uri, key)} (byte {e.start})") from None
 
     def write_text(self, key: str, text: str) -> None:
-        self.write_bytes(key, text.encode("utf-8"))
+        data = text.encode("utf-8")
+        self.write_bytes(key, data)
+        metrics.store_bytes(self.uri, "write", len(data))
 
     def read_json(self, key: str) -> Any:
         try:
@@ -189,6 +194,7 @@ class FileStore(Store):
     def local_path(self, key: str) -> Path:
         return self.root / _norm(key)
 
+    @metrics.count_store_errors("file")
     @contextlib.contextmanager
     def _errors(self, key: str, reading: bool = False) -> Iterator[None]:
         try:
@@ -247,6 +253,7 @@ class FileStore(Store):
                 for rel in files:
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src / rel, tmp / rel)
+                    metrics.store_bytes(self.uri, "write", (tmp / rel).stat().st_size)
                     with open(tmp / rel, "rb") as f:
                         os.fsync(f.fileno())  # a new folder renamed in place is not auto-flushed
                 (tmp / MARKER).write_bytes(_manifest(files))
@@ -271,6 +278,7 @@ class FileStore(Store):
             for rel in json.loads(self.read_bytes(f"{_norm(key)}/{MARKER}"))["files"]:
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self.local_path(key) / rel, dest / rel)
+                metrics.store_bytes(self.uri, "read", (dest / rel).stat().st_size)
         return dest
 
     def delete(self, key: str) -> None:
@@ -328,6 +336,7 @@ class S3Store(Store):
     def _k(self, key: str) -> str:
         return _norm(join(self.prefix, _norm(key)))
 
+    @metrics.count_store_errors("s3")
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
         """Turn boto3/botocore exceptions into one-line SealErrors naming the URI and the fix."""
@@ -419,6 +428,7 @@ class S3Store(Store):
         for rel in files:
             with self._errors(f"{_norm(key)}/{rel}"):
                 self.client.upload_file(str(src / rel), self.bucket, self._k(f"{key}/{rel}"))
+            metrics.store_bytes(self.uri, "write", (src / rel).stat().st_size)
         self.write_bytes(f"{_norm(key)}/{MARKER}", _manifest(files))
 
     def get_dir(self, key: str, local_dir: str | Path) -> Path:
@@ -433,6 +443,7 @@ class S3Store(Store):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             with self._errors(f"{_norm(key)}/{rel}"):
                 self.client.download_file(self.bucket, self._k(f"{key}/{rel}"), str(dest / rel))
+            metrics.store_bytes(self.uri, "read", (dest / rel).stat().st_size)
         return dest
 
     def delete(self, key: str) -> None:
