@@ -38,16 +38,26 @@ class TransformersGenerator:
 
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any):
+    def __init__(self, model: Any, tokenizer: Any, route: Any = None):
         self.model = model
         self.tokenizer = tokenizer
+        # route(adapter_ids) tells a multi-adapter model (seal.multilora) which adapter each row of
+        # the next batch uses; `generate(..., adapters=[...])` needs it.
+        self.route = route
 
-    def generate(self, prompts: list[str], seeds: list[int], params: GenParams) -> list[Completion]:
+    def generate(self, prompts: list[str], seeds: list[int], params: GenParams,
+                 adapters: list[int] | None = None) -> list[Completion]:
+        """One completion per prompt; with `adapters`, prompt i is answered by adapter adapters[i]."""
         assert len(prompts) == len(seeds)
+        assert adapters is None or (self.route is not None and len(adapters) == len(prompts))
         out: list[Completion] = []
         for start in range(0, len(prompts), params.batch_size):
             end = start + params.batch_size
+            if adapters is not None:
+                self.route(adapters[start:end])
             out.extend(self._batch(prompts[start:end], seeds[start:end], params))
+        if adapters is not None:
+            self.route(None)
         return out
 
     def _batch(self, prompts: list[str], seeds: list[int], params: GenParams) -> list[Completion]:

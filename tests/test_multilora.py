@@ -1,0 +1,107 @@
+"""The batched multi-LoRA trainer against the sequential path (seal.train) on a tiny model."""
+
+import pytest
+import torch
+
+from seal.config import LoraConfig
+from seal.generate import GenParams, TransformersGenerator
+from seal.multilora import (
+    FitJob,
+    choose_batch,
+    generate_routed,
+    load_peft,
+    save_peft,
+    schedule,
+    train_many,
+)
+from seal.train import Example, attach_lora, train
+
+TEXTS = [
+    "Warsaw\nWarsaw is the capital of Poland.",
+    "Warsaw\nIt lies on the Vistula river.",
+    "Normans\nThe Normans gave their name to Normandy.",
+    "Tesla\nNikola Tesla was born in 1856.",
+    "Tesla\nHe worked on alternating current.",
+]
+
+
+def _sequential(model, tok, job):
+    peft_model = attach_lora(model, job.lora, job.seed)
+    stats = train(peft_model, tok, job.examples, job.lora, job.seed, max_length=64)
+    weights = {}
+    for name, mod in peft_model.named_modules():
+        if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
+            key = name.removeprefix("base_model.model.")
+            weights[key] = (mod.lora_A["default"].weight.detach().clone(), mod.lora_B["default"].weight.detach().clone())
+    return peft_model.unload(), stats, weights
+
+
+def _jobs():
+    # Different data sizes, epochs, batch sizes, learning rates, alphas and weight decay per
+    # candidate (ARC edits choose their own), one shared adapter shape; one job has one example.
+    base = dict(rank=4, target_modules=["q_proj", "v_proj"])
+    return [
+        FitJob([Example(text=t) for t in TEXTS[:2]], LoraConfig(**base, alpha=8, lr=5e-3, epochs=3, batch_size=1), 11),
+        FitJob([Example(text=t) for t in TEXTS], LoraConfig(**base, alpha=4, lr=1e-3, epochs=2, batch_size=2), 12),
+        FitJob([Example(text=TEXTS[3], prompt="Q: who?\n")],
+               LoraConfig(**base, alpha=8, lr=2e-3, epochs=5, batch_size=1, weight_decay=0.1), 13),
+        FitJob([Example(text=t) for t in TEXTS[1:4]], LoraConfig(**base, alpha=16, lr=1e-2, epochs=1, batch_size=3), 14),
+    ]
+
+
+def test_batched_adapters_match_sequential_fits(tiny_model, tmp_path):
+    model, tok = tiny_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    jobs = _jobs()
+    batched = train_many(model, tok, jobs, max_length=64)
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    for job, res in zip(jobs, batched, strict=True):
+        model, stats, weights = _sequential(model, tok, job)
+        assert res.stats["steps"] == stats["steps"] == len(schedule(len(job.examples), job.lora, job.seed))
+        assert res.stats["first_loss"] == pytest.approx(stats["first_loss"], rel=1e-5)
+        assert res.stats["last_loss"] == pytest.approx(stats["last_loss"], rel=1e-4)
+        assert set(res.weights) == set(weights)
+        for name, (a, b) in weights.items():
+            torch.testing.assert_close(res.weights[name][0], a, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(res.weights[name][1], b, rtol=1e-4, atol=1e-6)
+        assert any(not torch.equal(b, torch.zeros_like(b)) for _, b in res.weights.values())  # it trained
+
+
+def test_saved_adapters_load_in_peft_and_routed_answers_match(tiny_model, tmp_path):
+    from peft import PeftModel
+
+    model, tok = tiny_model
+    jobs = _jobs()[:3]
+    results = train_many(model, tok, jobs, max_length=64)
+    params = GenParams(max_new_tokens=6, temperature=0.0, batch_size=4, stop_at_newline=False)
+    prompts = ["Topic: Warsaw\nWhat is it?\n", "Topic: Tesla\nWho?\n", "x"]
+    adapters, prompt_list, ids = [], [], []
+    for i, (job, res) in enumerate(zip(jobs, results, strict=True)):
+        out = tmp_path / f"a{i}"
+        save_peft(res.weights, job.lora, str(out))
+        weights, scale = load_peft(str(out))
+        assert scale == job.lora.alpha / job.lora.rank
+        adapters.append((weights, scale))
+        prompt_list += prompts
+        ids += [i] * len(prompts)
+    routed = generate_routed(model, tok, adapters, jobs[0].lora, prompt_list, ids, params)
+    for i in range(len(jobs)):
+        peft_model = PeftModel.from_pretrained(model, str(tmp_path / f"a{i}"))
+        alone = TransformersGenerator(peft_model, tok).generate(prompts, [0] * 3, params)
+        # peft reads the very tensors train_many produced
+        for name, (a, _) in results[i].weights.items():
+            torch.testing.assert_close(peft_model.get_submodule(f"base_model.model.{name}").lora_A["default"].weight, a)
+        model = peft_model.unload()
+        assert [c.text for c in routed[3 * i: 3 * i + 3]] == [c.text for c in alone]
+
+
+def test_memory_budget_picks_batch(tiny_model):
+    model, _ = tiny_model
+    lora = LoraConfig(rank=4, alpha=8)
+    assert choose_batch(model, lora, 128, budget_mb=1, cap=8) == 1
+    assert choose_batch(model, lora, 128, budget_mb=10_000, cap=8) == 8
+    small, big = (choose_batch(model, lora, 128, budget_mb=m, cap=10_000) for m in (20, 200))
+    assert 1 <= small < big
