@@ -25,7 +25,20 @@ def _stage_args(p: argparse.ArgumentParser, shard: bool = False) -> None:
     p.add_argument("--run", required=True, help="run URI: <store>/<run_id>, e.g. s3://bucket/runs/r1")
     p.add_argument("--round", type=int, required=True, help="round number, from 0")
     if shard:
-        p.add_argument("--shard", type=int, required=True, help="shard number, from 0")
+        p.add_argument("--shard", type=shard_range, required=True,
+                       help="shard number from 0, or a range A-B of shards run one after another (one Argo pod)")
+
+
+def shard_range(text: str) -> list[int]:
+    """'3' -> [3]; '4-7' -> [4, 5, 6, 7] (what `seal plan --out-dir` hands to Argo's withParam)."""
+    first, sep, last = text.partition("-")
+    try:
+        lo, hi = int(first), int(last) if sep else int(first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shard number or range A-B") from None
+    if lo < 0 or hi < lo:
+        raise argparse.ArgumentTypeError(f"{text!r}: shards run from 0, and a range A-B needs A <= B")
+    return list(range(lo, hi + 1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,12 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write run.json for a run (once)")
     p.add_argument("--run", required=True, help="run URI: <store>/<run_id>")
-    p.add_argument("--config", required=True, help="YAML run config")
+    p.add_argument("--config", required=True,
+                   help="YAML run config, or the config itself as one line of JSON (what `seal submit` passes)")
     _config_args(p)
 
     p = sub.add_parser("plan", help="choose a round's contexts and shards; print shard lists")
-    _stage_args(p)
-    p.add_argument("--out", help="also write the shard lists JSON to this file (for Argo)")
+    p.add_argument("--run", help="run URI: <store>/<run_id>, e.g. s3://bucket/runs/r1")
+    p.add_argument("--round", type=int, help="round number, from 0")
+    p.add_argument("--out", help="also write the shard lists JSON to this file")
+    p.add_argument("--out-dir", help="write sample.json and adapt.json here: the lists Argo fans out over")
+    p.add_argument("--max-pods", type=int, default=None,
+                   help="with --out-dir: at most this many pods per stage (consecutive shards share a pod)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print pods per stage and the workflow object's estimated size; needs --run or --config")
+    p.add_argument("--config", help="with --dry-run: a YAML run config instead of a run")
+    _config_args(p)
+    p.add_argument("--workflow", help="with --dry-run: the workflow file (default: workflows/restem.yaml)")
 
     p = sub.add_parser("sample", help="sample self-edits for one shard of contexts")
     _stage_args(p, shard=True)
@@ -73,6 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("improve", help="filter a round's scores, run the M-step, write the summary")
     _stage_args(p)
+
+    p = sub.add_parser("finish", help="record a run's final status in run.json (the workflow's exit handler)")
+    p.add_argument("--run", required=True, help="run URI: <store>/<run_id>")
+    p.add_argument("--status", required=True, help="Succeeded, Failed or Error (Argo's {{workflow.status}})")
+
+    p = sub.add_parser("submit", help="submit workflows/restem.yaml for a config to Argo; print the workflow name")
+    p.add_argument("config", help="YAML run config (its store must be s3://)")
+    _config_args(p)
+    p.add_argument("-p", "--parameter", dest="parameters", action="append", default=[], metavar="NAME=VALUE",
+                   help="a workflow parameter, e.g. -p image=ghcr.io/you/seal:0.1.0 -p adapt-gpus=2")
+    p.add_argument("--argo-server", default=os.environ.get("ARGO_SERVER"),
+                   help="Argo Server URL (default: $ARGO_SERVER; token from $ARGO_TOKEN); "
+                   "without one, the Workflow is created through the Kubernetes API (kubeconfig or in-cluster)")
+    p.add_argument("--namespace", default=os.environ.get("ARGO_NAMESPACE", "argo"),
+                   help="namespace (default: $ARGO_NAMESPACE or argo)")
+    p.add_argument("--workflow", help="the workflow file (default: workflows/restem.yaml of this checkout)")
+
+    p = sub.add_parser("status", help="a run's progress per round, read from the store alone")
+    p.add_argument("run", help="run URI: <store>/<run_id>")
     return parser
 
 
@@ -176,23 +218,42 @@ def _dispatch(args: argparse.Namespace) -> int:
         from seal.store import open_store
 
         store, run_id = split_run_uri(args.run)
-        cfg = load_config(args.config, [*args.overrides, f"store={store}", f"run_id={run_id}"])
+        place = [*args.overrides, f"store={store}", f"run_id={run_id}"]
+        if args.config.lstrip().startswith("{"):
+            from seal.submit import inline_config
+
+            cfg = inline_config(args.config, place)
+        else:
+            cfg = load_config(args.config, place)
         stages.init_run(open_store(args.run), cfg)
         print(args.run)
         return 0
+    if args.command in ("finish", "submit", "status") or (args.command == "plan" and args.dry_run):
+        from seal import submit
+
+        return submit.dispatch(args)
+    if args.command == "plan" and (args.run is None or args.round is None):
+        raise ConfigError("seal plan needs --run URI and --round R (or --dry-run with --config FILE)")
     rt = _runtime(args.run)
     if args.command == "plan":
         from seal.plan import shard_indices
 
-        text = json.dumps(shard_indices(stages.plan_round(rt, args.round)))
+        plan = stages.plan_round(rt, args.round)
+        text = json.dumps(shard_indices(plan))
         if args.out:
             with open(args.out, "w") as f:
                 f.write(text)
+        if args.out_dir:
+            from seal.submit import write_fanout
+
+            write_fanout(plan, args.out_dir, args.max_pods)
         print(text)
     elif args.command == "sample":
-        stages.sample_shard(rt, args.round, args.shard)
+        for shard in args.shard:
+            stages.sample_shard(rt, args.round, shard)
     elif args.command == "adapt":
-        stages.adapt_shard(rt, args.round, args.shard)
+        for shard in args.shard:
+            stages.adapt_shard(rt, args.round, shard)
     elif args.command == "improve":
         print(json.dumps(stages.improve_round(rt, args.round), sort_keys=True))
     return 0

@@ -1,0 +1,67 @@
+"""`seal status RUN`: a run's progress, read from the store alone (no cluster access needed).
+
+A stage is done exactly when its output object exists (DESIGN.md), so counting objects is the
+whole story: plan.json, edits/<shard>.jsonl, scores/<shard>.jsonl, summary.json per round.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seal.errors import ConfigError
+from seal.store import Store, open_store
+
+
+def round_progress(run: Store, r: int) -> dict[str, Any]:
+    """Stages done, shards done/total and the rewards scored so far, for round r."""
+    out: dict[str, Any] = {"round": r, "plan": run.exists(f"round-{r}/plan.json")}
+    if not out["plan"]:
+        return out
+    plan = run.read_json(f"round-{r}/plan.json")
+    done = {kind: {int(k.rsplit("/", 1)[-1].split(".")[0]) for k in run.list(f"round-{r}/{kind}")
+                   if k.endswith(".jsonl")}
+            for kind in ("edits", "scores")}
+    out["sample"] = (len(done["edits"]), len(plan["sample_shards"]))
+    out["adapt"] = (len(done["scores"]), len(plan["adapt_shards"]))
+    out["candidates"] = sum(len(s) for s in plan["adapt_shards"])
+    out["summary"] = run.read_json(f"round-{r}/summary.json") if run.exists(f"round-{r}/summary.json") else None
+    if out["summary"] is None:
+        rewards = [row["reward"] for a in sorted(done["scores"])
+                   for row in run.read_jsonl(f"round-{r}/scores/{a:05d}.jsonl")]
+        out["scored"] = len(rewards)
+        out["mean_reward"] = sum(rewards) / len(rewards) if rewards else None
+        out["max_reward"] = max(rewards) if rewards else None
+    else:
+        out["scored"] = out["summary"]["candidates"]
+        out["mean_reward"] = out["summary"]["mean_reward"]
+        out["max_reward"] = out["summary"]["max_reward"]
+    return out
+
+
+def run_status(run_uri: str) -> str:
+    run = open_store(run_uri)
+    if not run.exists("run.json"):
+        raise ConfigError(f"{run_uri}/run.json does not exist: check the run URI (<store>/<run_id>)")
+    meta = run.read_json("run.json")
+    rounds = meta["config"]["rounds"]
+    head = f"run {run_uri}: {meta.get('status', '?')}"
+    if meta.get("message"):
+        head += f" ({meta['message']})"
+    head += f", {rounds} rounds, updated {meta.get('updated', meta.get('created', '?'))}"
+    cells = [("round", "plan", "sample", "adapt", "improve", "scored", "mean reward", "max reward", "kept")]
+    for r in range(rounds):
+        p = round_progress(run, r)
+        if not p["plan"]:
+            cells.append((str(r), "-", "-", "-", "-", "-", "-", "-", "-"))
+            continue
+        s = p["summary"]
+        fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        cells.append((
+            str(r), "done", f"{p['sample'][0]}/{p['sample'][1]}", f"{p['adapt'][0]}/{p['adapt'][1]}",
+            "done" if s else "-", f"{p['scored']}/{p['candidates']}", fmt(p["mean_reward"]),
+            fmt(p["max_reward"]), str(s["kept"]) if s else "-",
+        ))
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    lines = [head] + ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(2, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
