@@ -69,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config-help", help="list every config key with its default and meaning")
 
+    p = sub.add_parser("eval-arc", help="few-shot ARC success: SEAL policy, un-trained policy, in-context, oracle")
+    p.add_argument("config", help="YAML run config with task.name: arc (its task files are the evaluation set)")
+    _config_args(p)
+    p.add_argument("--run", help="run URI whose latest policy gives the SEAL row (omit: no SEAL row)")
+    p.add_argument("--oracle", help="a fixed self-edit JSON object, or @FILE holding one (omit: no oracle row)")
+    p.add_argument("--edits", type=int, default=None,
+                   help="self-edits sampled per context for the policy rows (default: edits_per_context)")
+    p.add_argument("--rows", default="policy,untrained,icl,oracle",
+                   help="comma-separated rows to compute (default: all that apply)")
+    p.add_argument("--out", help="also write every row, with per-edit details, to this JSON file")
+
     p = sub.add_parser("init", help="write run.json for a run (once)")
     p.add_argument("--run", required=True, help="run URI: <store>/<run_id>")
     p.add_argument("--config", required=True,
@@ -214,6 +225,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print("\n".join(describe_fields()))
         return 0
+    if args.command == "eval-arc":
+        return _eval_arc(args)
     if args.command == "init":
         from seal.store import open_store
 
@@ -256,6 +269,33 @@ def _dispatch(args: argparse.Namespace) -> int:
             stages.adapt_shard(rt, args.round, shard)
     elif args.command == "improve":
         print(json.dumps(stages.improve_round(rt, args.round), sort_keys=True))
+    return 0
+
+
+def _eval_arc(args: argparse.Namespace) -> int:
+    from seal.config import load_config
+    from seal.eval_arc import ROWS, evaluate, table
+
+    cfg = load_config(args.config, args.overrides)
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    bad = [r for r in rows if r not in ROWS]
+    if bad or not rows:
+        raise ConfigError(f"--rows {args.rows}: choose from {','.join(ROWS)}")
+    if args.edits is not None and args.edits < 1:
+        raise ConfigError(f"--edits {args.edits}: must be at least 1")
+    oracle = args.oracle
+    if oracle is not None and oracle.startswith("@"):
+        try:
+            with open(oracle[1:], encoding="utf-8") as f:
+                oracle = f.read()
+        except OSError as e:
+            raise ConfigError(f"--oracle {oracle}: cannot read it ({e.strerror})") from None
+    results = evaluate(cfg, args.run, oracle, args.edits or cfg.edits_per_context, rows)
+    print(table(results))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+        print(f"details: {args.out}")
     return 0
 
 
