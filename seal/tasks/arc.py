@@ -135,6 +135,8 @@ def puzzle_text(demos: list[Pair], query: Grid) -> str:
     return PUZZLE_HEADER + "\n".join(blocks) + f"\nInput:\n{grid_to_text(query)}\nOutput:\n"
 
 
+EXAMPLE_EDIT = '{"augmentations": ["basic"], "loss": "outputs", "lr": 0.0001, "epochs": 2}'
+
 EDIT_PROMPT = (
     "You are choosing how to train a model to solve a grid puzzle from its demonstrations.\n\n"
     "{demos}\n"
@@ -145,7 +147,7 @@ EDIT_PROMPT = (
     '"loss": "all" (train on every token) or "outputs" (train on the answer grid only)\n'
     '"lr": the learning rate, from {lr_min:g} to {lr_max:g}\n'
     '"epochs": passes over the data, a whole number from 1 to {max_epochs}\n'
-    'For example: {{"augmentations": ["basic"], "loss": "outputs", "lr": 0.0001, "epochs": 2}}\n\n'
+    "For example: {example}\n\n"
     "Self-edit:\n"
 )
 
@@ -154,7 +156,8 @@ def edit_prompt(record: dict[str, Any], arc: Any) -> str:
     demos = "\n".join(
         f"Input:\n{grid_to_text(p['input'])}\nOutput:\n{grid_to_text(p['output'])}\n" for p in record["train"]
     )
-    return EDIT_PROMPT.format(demos=demos, lr_min=arc.lr_min, lr_max=arc.lr_max, max_epochs=arc.max_epochs)
+    return EDIT_PROMPT.format(demos=demos, lr_min=arc.lr_min, lr_max=arc.lr_max, max_epochs=arc.max_epochs,
+                              example=EXAMPLE_EDIT)
 
 
 # --- the self-edit: strict parsing, with clamps recorded
