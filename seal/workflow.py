@@ -253,12 +253,13 @@ def dry_run_report(cfg: RunConfig, doc: dict[str, Any], source: str, max_pods: i
             ("init", "-", "-", "1", "writes run.json")]
     for stage, n in pods.items():
         per_pod = math.ceil(shards[stage] / n)
+        up_to = "1 shard" if per_pod == 1 else f"<= {per_pod} shards"
         if stage == "sample":
             c = per_pod * cfg.shards.sample_size
-            work = f"<= {per_pod} shards: {c} contexts ({c * k} self-edits)"
+            work = f"{up_to}: {c} contexts ({c * k} self-edits)"
         elif stage == "adapt":
             c = per_pod * cfg.shards.adapt_size
-            work = f"<= {per_pod} shards: {c} candidates ({c * f} LoRA fits), base model loaded once"
+            work = f"{up_to}: {c} candidates ({c * f} LoRA fits), model loaded once"
         else:
             work = STAGE_WORK[stage]
         rows.append((stage, str(shards[stage]), str(n), str(n * cfg.rounds), work))
