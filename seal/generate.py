@@ -2,8 +2,9 @@
 
 `TransformersGenerator` runs anywhere torch runs. It decodes with its own short loop instead of
 `model.generate` so that every sequence samples from its own seeded generator: a self-edit then
-depends on (run seed, round, context, k), not on which other prompts shared its batch. A vLLM
-backend plugs in behind the same `generate()` signature.
+depends on (run seed, round, context, k), not on which other prompts shared its batch.
+`seal.vllm_backend.VllmGenerator` (an offline vLLM engine, adapters as LoRARequests) has the same
+`generate()` signature; `seal.vllm_backend.resolve_backend` picks between them.
 """
 
 from __future__ import annotations
@@ -131,10 +132,10 @@ class TransformersGenerator:
 
 
 def make_generator(backend: str, model: Any, tokenizer: Any) -> TransformersGenerator:
-    """Pick the backend named by sampling.backend ('auto' is transformers until vLLM lands)."""
-    if backend == "vllm":
-        from seal.errors import ConfigError
-
-        raise ConfigError("sampling.backend=vllm is not available in this release: use auto or transformers")
+    """A transformers generator over a loaded model. vLLM generators serve a model folder instead:
+    `seal.vllm_backend.VllmGenerator`, chosen by `seal.vllm_backend.resolve_backend`."""
+    if backend not in ("auto", "transformers"):
+        raise ValueError(f"make_generator builds the transformers backend, not {backend!r}: "
+                         "use seal.vllm_backend for vLLM")
     log.info("generation backend: transformers")
     return TransformersGenerator(model, tokenizer)

@@ -390,7 +390,117 @@ def generate_routed(model: Any, tokenizer: Any, adapters: list[tuple[dict[str, t
         multi.remove()
 
 
-def timed(fn, *args, **kwargs) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
+# --- a shard of candidates: batched fits, then one scoring call -----------------------------------
+
+
+def fit_shard(model: Any, tokenizer: Any, task: Any, records: list[dict[str, Any]], cands: list[Any],
+              cfg: Any, round_: int, adapters: Any = None, merged: bool = False) -> list[dict[str, Any]]:
+    """Score rows for `cands` (seal.adapt.Candidate), in order, in fit_candidate's form.
+
+    All F fits of all candidates are trained B at a time (grouped by adapter shape, B from
+    inner.memory_budget_mb), saved in peft format (and to `adapters` at <context>/<k>/<fit>/), then
+    every adapted model's probes are answered in one call: vLLM with one LoRARequest per prompt, or
+    routed transformers batches. `merged`: `model` is the base with a policy merged in (vLLM then
+    serves a saved copy of it). fit_s and score_s are each fit's share of its batch's time.
+    """
+    from seal.seeds import derive_seed
+    from seal.vllm_backend import resolve_backend
+
+    rows, fits = [], []  # fits: (row index, fit, FitJob)
+    for cand in cands:
+        job = task.inner_job(records[cand.context], cand.text, cfg.task, cfg.inner)
+        row: dict[str, Any] = {
+            "context": cand.context, "k": cand.k, "examples": len(job.examples),
+            "rewards": [], "fit_s": [], "score_s": [], "losses": [], "answers": [],
+        }
+        if job.skip:
+            row.update(skip=job.skip, rewards=[0.0] * cfg.inner.fits, reward=0.0)
+        else:
+            for f in range(cfg.inner.fits):
+                seed = derive_seed(cfg.seed, "fit", round_, cand.context, cand.k, f)
+                fits.append((len(rows), f, FitJob(list(job.examples), job.lora, seed)))
+        rows.append(row)
+    if not fits:
+        return rows
+    results: dict[int, FitResult] = {}
+    fit_s: dict[int, float] = {}
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, _, fj) in enumerate(fits):
+        groups.setdefault(shape_key(fj.lora), []).append(i)
+    for members in groups.values():
+        lora = fits[members[0]][2].lora
+        tokens = max(len(encode(tokenizer, ex, cfg.model.max_length)[0]) for i in members for ex in fits[i][2].examples)
+        b = choose_batch(model, lora, tokens, cfg.inner.memory_budget_mb, cfg.inner.max_batch)
+        log.info("batched inner loop: %d fits of rank %d in batches of %d", len(members), lora.rank, b)
+        for start in range(0, len(members), b):
+            chunk = members[start: start + b]
+            t0 = time.perf_counter()
+            out = train_many(model, tokenizer, [fits[i][2] for i in chunk], cfg.model.max_length)
+            share = (time.perf_counter() - t0) / len(chunk)
+            for i, res in zip(chunk, out, strict=True):
+                results[i], fit_s[i] = res, share
+
+    import tempfile
+
+    backend = resolve_backend(cfg.sampling.backend)
+    with tempfile.TemporaryDirectory(prefix="seal-adapters-") as tmp:
+        dirs = []
+        for i, (r, f, fj) in enumerate(fits):
+            d = os.path.join(tmp, str(i))
+            save_peft(results[i].weights, fj.lora, d, base=getattr(model, "name_or_path", ""))
+            if adapters is not None:
+                adapters.put_dir(f"{rows[r]['context']}/{rows[r]['k']}/{f}", d)
+            dirs.append(d)
+        t0 = time.perf_counter()
+        outputs = _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, backend, merged)
+        score_share = (time.perf_counter() - t0) / len(fits)
+    for i, (r, _, _) in enumerate(fits):
+        row = rows[r]
+        graded = task.grade_outputs(records[row["context"]], outputs[i], cfg.task)
+        st = results[i].stats
+        row["rewards"].append(graded["score"])
+        row["answers"].append(graded["answers"])
+        row["losses"].append([st["first_loss"], st["last_loss"]])
+        row["fit_s"].append(round(fit_s[i], 4))
+        row["score_s"].append(round(score_share, 4))
+    for row in rows:
+        if "reward" not in row:
+            row["reward"] = sum(row["rewards"]) / len(row["rewards"])
+        row["trainer"], row["score_backend"] = "batched", backend
+    return rows
+
+
+def _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, backend, merged) -> list[list[str]]:
+    """Every fit's probe answers, from one generation call per backend (per adapter shape on the
+    transformers path)."""
+    prompts, owner = [], []
+    for i, (r, _, _) in enumerate(fits):
+        ps = task.probe_prompts(records[rows[r]["context"]], cfg.task)
+        prompts += ps
+        owner += [i] * len(ps)
+    params = task.probe_params(cfg.task, cfg.sampling.batch_size)
+    texts: list[str] = [""] * len(prompts)
+    if backend == "vllm":
+        from seal.models import resolve_model
+        from seal.vllm_backend import VllmGenerator, get_engine, model_dir
+
+        path = model_dir(model, tokenizer) if merged else resolve_model(cfg.model.base)
+        gen = VllmGenerator(get_engine(path, cfg))
+        comps = gen.generate(prompts, [0] * len(prompts), params, loras=[dirs[i] for i in owner])
+        texts = [c.text for c in comps]
+    else:
+        by_shape: dict[tuple, list[int]] = {}
+        for i, (_, _, fj) in enumerate(fits):
+            by_shape.setdefault(shape_key(fj.lora), []).append(i)
+        for members in by_shape.values():
+            slot = {i: n for n, i in enumerate(members)}
+            pick = [p for p, i in enumerate(owner) if i in slot]
+            adapters = [(results[i].weights, fits[i][2].lora.alpha / fits[i][2].lora.rank) for i in members]
+            comps = generate_routed(model, tokenizer, adapters, fits[members[0]][2].lora,
+                                    [prompts[p] for p in pick], [slot[owner[p]] for p in pick], params)
+            for p, c in zip(pick, comps, strict=True):
+                texts[p] = c.text
+    out: list[list[str]] = [[] for _ in fits]
+    for p, i in enumerate(owner):
+        out[i].append(texts[p])
+    return out
