@@ -186,10 +186,13 @@ def test_ttt_splits_and_counts():
     rec = arc.load_contexts(cfg.task)[2]  # 5582e5ca: 3 demonstrations
     e, _, _ = arc.parse_edit(edit_text(augmentations=[]), cfg.task.arc)
     ex, stats = arc.build_ttt_examples(rec, e, cfg.task.arc, seed=0)
-    assert stats["built"] == len(ex) == 3 + 3 * 2  # leave-one-out + ordered leave-two-out
+    assert stats["built"] == len(ex) == 3 + 3  # leave-one-out + leave-two-out (query i, i+1 dropped)
+    queries = [x.prompt.rsplit("Input:\n", 1)[1] for x in ex]
+    assert sorted(queries) == sorted(2 * [arc.grid_to_text(p["input"]) + "\nOutput:\n" for p in rec["train"]])
+    assert [x.prompt.count("Input:") for x in ex].count(2) == 3  # leave-two-out: 1 demonstration + query
     e, _, _ = arc.parse_edit(edit_text(augmentations=["basic", "repeat"]), cfg.task.arc)
     ex, stats = arc.build_ttt_examples(rec, e, cfg.task.arc, seed=0)
-    assert stats["built"] == 9 * (1 + 7 + 3)
+    assert stats["built"] == 6 * (1 + 7 + 3)
     cfg2 = arc_cfg("task.arc.leave_two_out=false", "task.arc.color_permutations=2")
     ex, stats = arc.build_ttt_examples(rec, e, cfg2.task.arc, seed=0)
     assert stats["built"] == 3 * 11 * 3
@@ -206,7 +209,7 @@ def test_ttt_builder_respects_its_caps():
     e, _, _ = arc.parse_edit(edit_text(augmentations=["size", "chain", "repeat"]), cfg.task.arc)
     ex, stats = arc.build_ttt_examples(rec, e, cfg.task.arc, seed=1)
     assert stats["used"] == len(ex) == 7 and stats["built"] > 7
-    assert stats["dropped_by_size"] == 9 * (3 + 7 + 3)  # every size/chain/repeat view is too big
+    assert stats["dropped_by_size"] == 6 * (3 + 7 + 3)  # every size/chain/repeat view is too big
     for x in ex:
         shown = [g for g in x.prompt.split("\n\n") if g]  # no grid in any example exceeds the cap
         assert all(len(line.split(" ")) <= 5 for block in shown for line in block.splitlines()
@@ -217,19 +220,20 @@ def test_ttt_builder_respects_its_caps():
     cells = arc_cfg("task.arc.max_example_cells=40").task.arc
     e0, _, _ = arc.parse_edit(edit_text(augmentations=[]), cells)
     ex, stats = arc.build_ttt_examples(rec, e0, cells, seed=0)
-    assert stats["dropped_by_size"] == 3 and stats["built"] == len(ex) == 6 * 2  # leave-two-out only
+    assert stats["dropped_by_size"] == 3 and stats["built"] == len(ex) == 3 * 2  # leave-two-out only
     assert all(x.prompt.count("Input:") == 2 for x in ex)
 
 
 def test_compute_cap_refuses_expensive_edits():
     cfg = arc_cfg("inner.batch_size=2", "task.arc.compute_cap=375")
     rec = arc.load_contexts(cfg.task)[0]  # 44f52bb0: 6 demonstrations -> 36 puzzles per view
-    job = arc.inner_job(rec, edit_text(augmentations=["basic"], epochs=2), cfg.task, cfg.inner)
-    # 36 puzzles x 8 views x 2 (colour copy) = 576 examples; 2 epochs / batch 2 = 576 steps > 375
-    assert job.skip.startswith("over the compute cap: 2 epochs x 576 examples / batch 2 = 576 steps")
-    assert job.info["ttt"]["built"] == 576 and job.examples == []
+    job = arc.inner_job(rec, edit_text(augmentations=["basic"], epochs=4), cfg.task, cfg.inner)
+    # 12 puzzles x 8 views x 2 (colour copy) = 192 examples; 4 epochs / batch 2 = 384 steps > 375
+    assert job.skip.startswith("over the compute cap: 4 epochs x 192 examples / batch 2 = 384 steps")
+    assert job.info["ttt"]["built"] == 192 and job.examples == []
+    assert arc.inner_job(rec, edit_text(augmentations=["basic"], epochs=3), cfg.task, cfg.inner).skip == ""
     ok = arc.inner_job(rec, edit_text(augmentations=[], epochs=3, lr=5e-4), cfg.task, cfg.inner)
-    assert ok.skip == "" and len(ok.examples) == 72
+    assert ok.skip == "" and len(ok.examples) == 24
     assert (ok.lora.lr, ok.lora.epochs, ok.lora.rank) == (5e-4, 3, cfg.inner.rank)
     assert cfg.inner.epochs == 10  # the run's settings are untouched
 
@@ -336,3 +340,17 @@ def test_shared_reference_task_files_load():
             f"task.arc.solutions={root}/arc-agi_{split}_solutions_filtered_1B_{tag}.json"])
         recs = arc.load_contexts(cfg.task)
         assert len({r["task"] for r in recs}) == n
+
+
+def test_paper_arc_config_matches_design():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "arc-llama-3.2-1b.yaml"
+    cfg = load_config(path)
+    assert cfg.model.base == "meta-llama/Llama-3.2-1B-Instruct" and cfg.task.name == "arc"
+    assert (cfg.inner.rank, cfg.inner.alpha, cfg.inner.batch_size) == (128, 16, 2)
+    assert cfg.inner.target_modules == ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]
+    assert cfg.edits_per_context == 15 and cfg.task.arc.compute_cap == 375
+    assert (cfg.filter.rule, cfg.filter.threshold) == ("threshold", 1.0)
+    assert (cfg.mstep.rank, cfg.mstep.alpha, cfg.mstep.epochs, cfg.mstep.lr) == (16, 16, 8, 5e-5)
+    assert "training_challenges" in cfg.task.data and "training_solutions" in cfg.task.arc.solutions
