@@ -33,7 +33,8 @@ def _sequential(model, tok, job):
     for name, mod in peft_model.named_modules():
         if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
             key = name.removeprefix("base_model.model.")
-            weights[key] = (mod.lora_A["default"].weight.detach().clone(), mod.lora_B["default"].weight.detach().clone())
+            weights[key] = (mod.lora_A["default"].weight.detach().clone(),
+                            mod.lora_B["default"].weight.detach().clone())
     return peft_model.unload(), stats, weights
 
 
@@ -46,7 +47,8 @@ def _jobs():
         FitJob([Example(text=t) for t in TEXTS], LoraConfig(**base, alpha=4, lr=1e-3, epochs=2, batch_size=2), 12),
         FitJob([Example(text=TEXTS[3], prompt="Q: who?\n")],
                LoraConfig(**base, alpha=8, lr=2e-3, epochs=5, batch_size=1, weight_decay=0.1), 13),
-        FitJob([Example(text=t) for t in TEXTS[1:4]], LoraConfig(**base, alpha=16, lr=1e-2, epochs=1, batch_size=3), 14),
+        FitJob([Example(text=t) for t in TEXTS[1:4]],
+               LoraConfig(**base, alpha=16, lr=1e-2, epochs=1, batch_size=3), 14),
     ]
 
 
