@@ -188,7 +188,11 @@ def submit_argo_server(wf: dict[str, Any], url: str, namespace: str, token: str)
     """POST /api/v1/workflows/{namespace} through the argo-workflows SDK; returns the name."""
     try:
         import argo_workflows
+        import urllib3
         from argo_workflows.api.workflow_service_api import WorkflowServiceApi
+        from argo_workflows.model.io_argoproj_workflow_v1alpha1_workflow_create_request import (
+            IoArgoprojWorkflowV1alpha1WorkflowCreateRequest as CreateRequest,
+        )
     except ImportError:
         raise ConfigError("submitting to an Argo Server needs argo-workflows: pip install 'seal[argo]'") from None
     conf = argo_workflows.Configuration(host=url.rstrip("/"))
@@ -200,14 +204,14 @@ def submit_argo_server(wf: dict[str, Any], url: str, namespace: str, token: str)
     where = f"Argo Server {url}"
     with argo_workflows.ApiClient(conf, **headers) as client:
         try:
-            # Plain dicts in and raw JSON out: the SDK's generated models would re-check (and
-            # could reject) fields that the server accepts.
+            # The workflow goes as a plain dict and the answer comes back as raw JSON: the SDK's
+            # generated models would re-type (and could reject) fields that the server accepts.
             resp = WorkflowServiceApi(client).create_workflow(
-                namespace, {"workflow": wf}, _check_input_type=False, _check_return_type=False,
+                namespace, CreateRequest(workflow=wf, _check_type=False), _check_return_type=False,
                 _preload_content=False, _request_timeout=60)
         except argo_workflows.ApiException as e:
             raise _http_error(e.status, e.body or "", where) from None
-        except Exception as e:  # urllib3 connection errors: the server is down or unreachable
+        except urllib3.exceptions.HTTPError as e:  # refused, timed out, DNS: the server is down or unreachable
             raise TransientError(f"{where} is unreachable ({type(e).__name__}): check the URL, retry later") from None
         body = json.loads(resp.data)
     return body["metadata"]["name"]
