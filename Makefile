@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
 .PHONY: install demo test test-fast lint clean
+.PHONY: image-cpu image-gpu kind-e2e minikube-e2e
 
 $(BIN)/seal: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,20 @@ test-fast: install  ## unit tests only
 
 lint: install  ## ruff
 	$(BIN)/ruff check seal tests
+
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+image-cpu:  ## CPU image (CPU torch, tiny-model path) for kind/minikube and CPU clusters: seal-cpu:<version>
+	docker build -f docker/Dockerfile.cpu --target runtime -t seal-cpu:$(IMAGE_TAG) .
+
+image-gpu:  ## GPU image (vLLM's CUDA image + seal): seal:<version>
+	docker build -f docker/Dockerfile.gpu -t seal:$(IMAGE_TAG) .
+
+kind-e2e:  ## kind cluster + Argo + SeaweedFS + the chart; 2 rounds on a tiny model (tests/e2e/run.sh)
+	bash tests/e2e/run.sh kind
+
+minikube-e2e:  ## the same end-to-end test on minikube
+	bash tests/e2e/run.sh minikube
 
 clean:
 	rm -rf .seal .pytest_cache
