@@ -87,6 +87,23 @@ class Runtime:
         self._model, self._model_round = None, None
 
 
+def policy_generator(rt: Runtime, round_: int) -> Any:
+    """The self-edit sampler of round r: vLLM serves the base plus the policy adapter of round r-1
+    as a LoRARequest; transformers runs the base with that adapter merged in."""
+    from seal.vllm_backend import resolve_backend
+
+    if resolve_backend(rt.cfg.sampling.backend) != "vllm":
+        return make_generator("transformers", rt.policy_model(round_), rt.tokenizer)
+    from seal.models import resolve_model
+    from seal.vllm_backend import VllmGenerator, get_engine, local_dir
+
+    adapter = None
+    if round_ > 0 and policy_has_adapter(rt.run, round_ - 1):
+        adapter = local_dir("seal-policy-")
+        rt.run.get_dir(rkey(round_ - 1, "policy"), adapter)
+    return VllmGenerator(get_engine(resolve_model(rt.cfg.model.base), rt.cfg), adapter)
+
+
 def policy_has_adapter(run: Store, round_: int) -> bool:
     return bool(run.read_json(rkey(round_, "policy/policy.json"))["adapter"])
 
@@ -160,7 +177,7 @@ def sample_shard(rt: Runtime, round_: int, shard: int) -> bool:
     jobs = [(c, k) for c in plan["sample_shards"][shard] for k in range(cfg.edits_per_context)]
     prompts = [rt.task.context_prompt(rt.records[c], cfg.task) for c, _ in jobs]
     seeds = [derive_seed(cfg.seed, "sample", round_, c, k) for c, k in jobs]
-    gen = make_generator(cfg.sampling.backend, rt.policy_model(round_), rt.tokenizer)
+    gen = policy_generator(rt, round_)
     params = GenParams(
         max_new_tokens=cfg.sampling.max_new_tokens,
         temperature=cfg.sampling.temperature,
@@ -217,12 +234,21 @@ def adapt_shard(rt: Runtime, round_: int, shard: int, progress: Any = None) -> b
     adapters = rt.run.child(rkey(round_, "adapters")) if cfg.inner.keep_adapters != "none" else None
     baselines: dict[int, float] = {}
     rows = []
+    if cfg.inner.batched:  # all fits B at a time (seal.multilora), then one scoring call
+        from seal.multilora import fit_shard
+
+        cands = [Candidate(context=c, k=k, text=edits[(c, k)]["text"]) for c, k in pairs]
+        merged = round_ > 0 and policy_has_adapter(rt.run, round_ - 1)
+        fitted = iter(fit_shard(model, rt.tokenizer, rt.task, rt.records, cands, cfg, round_, adapters, merged))
     for c, k in pairs:
         record = rt.records[c]
         if c not in baselines:
             baselines[c] = score_model(model, rt.tokenizer, rt.task, record, cfg)["score"]
-        cand = Candidate(context=c, k=k, text=edits[(c, k)]["text"])
-        model, row = fit_candidate(model, rt.tokenizer, rt.task, record, cand, cfg, round_, adapters)
+        if cfg.inner.batched:
+            row = next(fitted)
+        else:
+            cand = Candidate(context=c, k=k, text=edits[(c, k)]["text"])
+            model, row = fit_candidate(model, rt.tokenizer, rt.task, record, cand, cfg, round_, adapters)
         row["baseline"] = baselines[c]
         rows.append(row)
         metrics.inner_fits(cfg.task.name, row["fit_s"], row["reward"])
