@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=int, default=2048, help="tokenizer vocabulary size (at most)")
     p.add_argument("--corpus", help="text file to train the tokenizer on (default: bundled passages)")
 
+    p = sub.add_parser("world-report", help="held-out table of a run in seal.world: base, passage, each policy")
+    p.add_argument("run", help="run URI: <store>/<run_id> of a finished `seal run` on a world config")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated evaluation seeds (default 0,1,2)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N held-out passages")
+    p.add_argument("--plot", default=None, help="PNG path (default: ./<run_id>-world.png)")
+
     p = sub.add_parser("config-help", help="list every config key with its default and meaning")
 
     p = sub.add_parser("eval-arc", help="few-shot ARC success: SEAL policy, un-trained policy, in-context, oracle")
@@ -219,6 +225,22 @@ def _dispatch(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--corpus {args.corpus}: cannot read it ({e.strerror})") from None
         out = build_tiny_model(args.out, args.hidden, args.layers, args.seed, args.vocab, corpus)
         print(out)
+        return 0
+    if args.command == "world-report":
+        from seal import world_report
+        from seal.store import open_store
+
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds {args.seeds}: expected comma-separated integers, e.g. 0,1,2") from None
+        run = open_store(args.run)
+        if not run.exists("run.json"):
+            raise ConfigError(f"{args.run}/run.json does not exist: run `seal run CONFIG` first")
+        result = world_report.evaluate(run, seeds, args.limit)
+        print(world_report.table(result))
+        _, run_id = split_run_uri(args.run)
+        print(f"plot: {world_report.plot(result, args.plot or f'{run_id}-world.png')}")
         return 0
     if args.command == "config-help":
         from seal.config import describe_fields

@@ -135,6 +135,11 @@ class TaskConfig(Section):
         description="Also train the inner loop on the passage itself (the paper's setting), not only "
         "on the edit's lines.",
     )
+    qa_pairs: bool = Field(
+        False,
+        description="Train an edit line that ends in '?' together with the line after it (a question "
+        "and its answer) as one example, the form the probes ask in; off: every line is its own example.",
+    )
     grader: Literal["exact_match", "f1", "judge"] = Field(
         "exact_match",
         description="Question grading: SQuAD-normalised exact match, token F1, or an LLM judge.",

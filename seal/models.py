@@ -149,6 +149,10 @@ def _publish(tmp: Path, out: Path, replace: bool) -> None:
 
 def resolve_model(spec: str) -> str:
     """Turn model.base into something `from_pretrained` takes: a local folder or a hub name."""
+    if spec.startswith("world:"):
+        from seal.warmstart import resolve_world_model  # the warm-started model of seal.world
+
+        return resolve_world_model(spec)
     if spec.startswith(TINY_PREFIX):
         params = parse_tiny_spec(spec)
         key = "-".join(f"{k}{v}" for k, v in sorted(params.items()))

@@ -41,7 +41,12 @@ PROMPTS: dict[str, str] = {
 
 
 def load_records(source: str) -> list[dict[str, Any]]:
-    """Read SQuAD-form records from a local path, an s3:// URI or 'builtin:squad-sample'."""
+    """Read SQuAD-form records from a local path, an s3:// URI, 'builtin:squad-sample', or
+    'world:seed=S,split=train|heldout|warmstart' (a generated world, see seal.world)."""
+    if source.startswith("world:"):
+        from seal.world import load_split
+
+        return validate_records(load_split(source), source)
     if source.startswith("builtin:"):
         name = source[len("builtin:"):]
         try:
@@ -92,10 +97,24 @@ def edit_prompt(record: dict[str, Any], variant: str = "implications") -> str:
     return PROMPTS[variant].format(title=record["title"], context=record["context"])
 
 
-def training_texts(record: dict[str, Any], edit: str, with_passage: bool = True) -> list[str]:
-    """Inner-loop examples: each non-empty line of the edit prefixed by the title, then the passage."""
-    lines = [line.strip() for line in edit.splitlines()]
-    texts = [f"{record['title']}\n{line}" for line in lines if line]
+def training_texts(record: dict[str, Any], edit: str, with_passage: bool = True,
+                   qa_pairs: bool = False) -> list[str]:
+    """Inner-loop examples: each non-empty line of the edit prefixed by the title, then the passage.
+
+    With `qa_pairs`, a line ending in '?' and the line after it (a question and its answer) make
+    one example, so the fit sees the fact in the very form the probes ask for it.
+    """
+    lines = [line.strip() for line in edit.splitlines() if line.strip()]
+    items: list[str] = []
+    i = 0
+    while i < len(lines):
+        if qa_pairs and lines[i].endswith("?") and i + 1 < len(lines) and not lines[i + 1].endswith("?"):
+            items.append(f"{lines[i]}\n{lines[i + 1]}")
+            i += 2
+        else:
+            items.append(lines[i])
+            i += 1
+    texts = [f"{record['title']}\n{item}" for item in items]
     if with_passage:
         texts.append(f"{record['title']}\n{record['context']}")
     return texts
@@ -155,7 +174,7 @@ def inner_job(record: dict[str, Any], edit: str, task_cfg: Any, inner_cfg: Any) 
     """Train on the edit's lines (and the passage) with the run's inner-loop settings."""
     from seal.train import Example
 
-    texts = training_texts(record, edit, task_cfg.train_on_passage)
+    texts = training_texts(record, edit, task_cfg.train_on_passage, task_cfg.qa_pairs)
     return InnerJob(examples=[Example(text=t) for t in texts], lora=inner_cfg)
 
 

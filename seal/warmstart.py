@@ -1,0 +1,230 @@
+"""Warm start: a tiny base model trained from scratch on the world's warm-start split, on CPU.
+
+The base model must (a) read and write the world's language and answer questions in the probe
+format, and (b) as a policy, write self-edits for a passage in a *mix* of styles (seal.world's
+qa / paraphrase / drift, in equal shares). It is trained, full fine-tune from a random init, on
+an endless stream of examples about the warm-start entities only:
+
+- the passage in the inner loop's format (`<title>\\n<passage>`), its sentence templates redrawn;
+- the questions in the probe format (`Topic: <title>\\n<question>\\n<answer>`);
+- self-edit lines in the inner loop's format (`<title>\\n<line>`), every style;
+- self-edit prompt -> self-edit of a uniformly drawn style (loss on the edit only).
+
+No example says which style is useful. Whatever ReSTEM later prefers, it learns from the reward
+of real LoRA fits on the train split, graded against that split's answers.
+
+`model.base: "world:seed=0"` builds this model once into the seal cache (`resolve_world_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from seal import world
+from seal.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WarmStartSpec:
+    """Model size and training budget; 'world:seed=0' takes every default."""
+
+    seed: int = 0  # the world's seed (and the model's)
+    hidden: int = 128
+    layers: int = 4
+    vocab: int = 1024
+    steps: int = 600  # optimiser steps of the warm start
+    batch: int = 12  # packed rows of `row` tokens per step
+    row: int = 192
+    lr_milli: int = 3  # peak learning rate, in thousandths (3 -> 3e-3)
+    prompt: str = "implications"  # the self-edit prompt variant the policy is trained on
+
+
+def parse_model_spec(spec: str) -> WarmStartSpec:
+    """'world:seed=0,hidden=128,steps=800' -> WarmStartSpec."""
+    from seal.tasks.knowledge import PROMPTS
+
+    body = spec[len(world.WORLD_PREFIX):]
+    out: dict[str, Any] = {}
+    fields = WarmStartSpec.__dataclass_fields__
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        if key == "prompt" and value in PROMPTS:
+            out[key] = value
+        elif key in fields and key != "prompt" and value.isdigit():
+            out[key] = int(value)
+        else:
+            raise ConfigError(f"model.base '{spec}': '{item}' is not one of "
+                              f"{', '.join(k + '=N' for k in fields if k != 'prompt')}, prompt=VARIANT")
+    return WarmStartSpec(**out)
+
+
+def world_spec(ws: WarmStartSpec) -> world.WorldSpec:
+    return world.WorldSpec(seed=ws.seed)
+
+
+# --- Data
+
+
+def example_stream(records: list[dict[str, Any]], prompt: str, rng: random.Random):
+    """Endless training examples about `records` (the warm-start split): see the module doc."""
+    from seal.tasks.knowledge import edit_prompt, question_prompt, training_texts
+    from seal.train import Example
+
+    while True:
+        rec = rng.choice(records)
+        kind = rng.random()
+        name = rec["title"]
+        if kind < 0.4:  # the policy: prompt -> an edit of a uniformly drawn style
+            # Redraw the passage's sentences so the policy reads many phrasings of one fact.
+            fresh = dict(rec, context=_redraw_passage(rec, rng))
+            style = rng.choice(world.STYLES)
+            yield Example(text=world.write_edit(fresh, style, rng), prompt=edit_prompt(fresh, prompt))
+        elif kind < 0.6:  # the passage, as the inner loop trains on it
+            yield Example(text=f"{name}\n{_redraw_passage(rec, rng)}")
+        elif kind < 0.8:  # a question in the probe format, with its answer
+            q = rng.choice(rec["questions"])
+            yield Example(text=q["answer"], prompt=question_prompt(name, q["question"]))
+        else:  # self-edit lines as the inner loop sees them (a question with its answer: one item)
+            style = rng.choice(world.STYLES)
+            items = training_texts(rec, world.write_edit(rec, style, rng), with_passage=False, qa_pairs=True)
+            yield Example(text=rng.choice(items))
+
+
+def _redraw_passage(rec: dict[str, Any], rng: random.Random) -> str:
+    attrs = list(rec["facts"])
+    rng.shuffle(attrs)
+    return " ".join(rng.choice(world.FACT_TEMPLATES[a]).format(name=rec["title"], v=rec["facts"][a])
+                    for a in attrs)
+
+
+def tokenizer_corpus(records: list[dict[str, Any]]) -> list[str]:
+    """Warm-start text only (never the train or held-out splits), plus seal's prompt templates."""
+    from seal.tasks.knowledge import PROMPTS
+
+    rng = random.Random(0)
+    # The prompts are repeated so their words become whole tokens: shorter sequences, faster steps.
+    texts = list(PROMPTS.values()) * 50 + ["Topic: "] * 50
+    for rec in records:
+        texts.append(rec["context"])
+        texts += [q["question"] + "\n" + q["answer"] for q in rec["questions"]]
+        texts += [world.write_edit(rec, s, rng) for s in world.STYLES]
+    return texts
+
+
+# --- Training
+
+
+def build(out: str | Path, ws: WarmStartSpec, progress: bool = True) -> dict[str, Any]:
+    """Train the warm-start model from scratch and write it (with its tokenizer) to `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from seal import train as seal_train
+    from seal.models import _publish, build_tiny_model
+    from seal.seeds import seed_everything
+
+    records = world.generate(world_spec(ws))["warmstart"]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    t0 = time.perf_counter()
+    build_tiny_model(tmp / "init", ws.hidden, ws.layers, ws.seed, ws.vocab, tokenizer_corpus(records))
+    tok = AutoTokenizer.from_pretrained(tmp / "init")
+    # Eager attention: at this size it is faster on CPU than SDPA's kernels.
+    model = AutoModelForCausalLM.from_pretrained(tmp / "init", dtype=torch.float32, attn_implementation="eager")
+    seed_everything(ws.seed)
+    stream = example_stream(records, ws.prompt, random.Random(ws.seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=ws.lr_milli / 1000, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, ws.steps // 20)
+
+    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to a tenth
+        if step < warmup:
+            return (step + 1) / warmup
+        frac = (step - warmup) / max(1, ws.steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    bar = _bar(ws.steps, progress)
+    model.train()
+    losses: list[float] = []
+    for _step in range(ws.steps):
+        batch = packed_batch(tok, stream, ws.batch, ws.row)
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+    if bar is not None:
+        bar.close()
+    model.eval()
+    final = tmp / "model"
+    model.save_pretrained(final)
+    tok.save_pretrained(final)
+    stats = {"spec": asdict(ws), "seconds": round(time.perf_counter() - t0, 1),
+             "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4)}
+    import json
+
+    (final / "warmstart.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+    _publish(final, out, replace=False)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("warm start: %s steps in %.0f s, final loss %.3f", ws.steps, stats["seconds"], stats["final_loss"])
+    return stats
+
+
+def packed_batch(tok: Any, stream: Any, rows: int, length: int) -> dict[str, Any]:
+    """Examples packed back to back (each ending in EOS) into full rows: no padding to compute.
+
+    Attention crosses example boundaries, as in ordinary LM pretraining; prompts stay masked.
+    """
+    import torch
+
+    from seal import train as seal_train
+
+    ids, labels = [], []
+    for _ in range(rows):
+        row_ids: list[int] = []
+        row_labels: list[int] = []
+        while len(row_ids) < length:
+            x, y = seal_train.encode(tok, next(stream), length)
+            row_ids += x
+            row_labels += y
+        ids.append(row_ids[:length])
+        labels.append(row_labels[:length])
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="warm start (base model from scratch)", unit="step", mininterval=2.0)
+
+
+def resolve_world_model(spec: str) -> str:
+    """The folder of the warm-start model named by a 'world:...' model.base, built once."""
+    from seal.models import cache_dir
+
+    ws = parse_model_spec(spec)
+    key = "-".join(f"{k}{v}" for k, v in sorted(asdict(ws).items()))
+    path = cache_dir() / "world" / key
+    if not (path / "config.json").exists():
+        log.info("building the warm-start model %s into %s (once; later runs reuse it)", spec, path)
+        build(path, ws)
+    return str(path)

@@ -1,0 +1,241 @@
+"""The paper's table in miniature, on the world's held-out passages, after a `seal run` in the world.
+
+For each evaluation seed, every held-out passage is incorporated by a LoRA fit (the run's own
+inner-loop settings), then its questions are asked without the passage and graded:
+
+- `base model`: no fit at all;
+- `passage only`: the base model fitted on the passage alone;
+- `warm-start policy`: the base model fitted on the passage plus one self-edit that it wrote;
+- `after round r`: the policy after round r's M-step writes the self-edit, and the same model
+  (the base with that policy merged, as in the loop's own inner loop) is fitted on it.
+
+The seed changes which self-edit is sampled (temperature from the config) and the LoRA fit's
+init and order; the table shows the mean and the spread (sample standard deviation) over seeds.
+Each row also shows the share of its self-edits in each style (seal.world.edit_style's heuristic).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from seal import world
+from seal.config import RunConfig, from_dict
+from seal.errors import ConfigError
+from seal.seeds import derive_seed
+from seal.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def heldout_source(data: str) -> str:
+    if not data.startswith(world.WORLD_PREFIX):
+        raise ConfigError(f"task.data {data}: the world report needs a 'world:...' data source")
+    spec, extra = world.parse_world_spec(data)
+    fields = ",".join(f"{k}={getattr(spec, k)}" for k in spec.__dataclass_fields__)
+    return f"{world.WORLD_PREFIX}{fields},split=heldout"
+
+
+def sample_edits(model: Any, tok: Any, records: list[dict], cfg: RunConfig, seed: int) -> list[str]:
+    from seal.generate import GenParams, TransformersGenerator
+    from seal.tasks import knowledge
+
+    prompts = [knowledge.context_prompt(r, cfg.task) for r in records]
+    seeds = [derive_seed(seed, "report-sample", i) for i in range(len(records))]
+    params = GenParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
+                       top_p=cfg.sampling.top_p, batch_size=cfg.sampling.batch_size)
+    return [c.text for c in TransformersGenerator(model, tok).generate(prompts, seeds, params)]
+
+
+def incorporate(model: Any, tok: Any, records: list[dict], edits: list[str] | None, cfg: RunConfig,
+                seed: int, with_passage: bool = True) -> list[float]:
+    """Per passage: LoRA-fit `model` on the passage (and its edit), score, unload. No edits and
+    no passage: score the model as it is."""
+    from seal import tasks, train
+    from seal.generate import TransformersGenerator
+    from seal.tasks import knowledge
+
+    scores = []
+    for i, rec in enumerate(records):
+        edit = edits[i] if edits is not None else ""
+        texts = knowledge.training_texts(rec, edit, with_passage, cfg.task.qa_pairs)
+        if not texts:
+            scores.append(tasks.score(knowledge, TransformersGenerator(model, tok), rec, cfg.task,
+                                      cfg.sampling.batch_size)["score"])
+            continue
+        fit_seed = derive_seed(seed, "report-fit", i)
+        peft_model = train.attach_lora(model, cfg.inner, fit_seed)
+        train.train(peft_model, tok, [train.Example(text=t) for t in texts], cfg.inner, fit_seed,
+                    cfg.model.max_length)
+        scores.append(tasks.score(knowledge, TransformersGenerator(peft_model, tok), rec, cfg.task,
+                                  cfg.sampling.batch_size)["score"])
+        model = peft_model.unload()
+    return scores
+
+
+def style_shares(records: list[dict], edits: list[str]) -> dict[str, float]:
+    styles = [world.edit_style(r, e) for r, e in zip(records, edits, strict=True)]
+    return {s: styles.count(s) / len(styles) for s in world.STYLES}
+
+
+def evaluate(run: Store, seeds: list[int], limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Every row of the table, for every seed; also written to <run>/world-report.json."""
+    from seal import stages
+    from seal.report import summaries
+    from seal.tasks import knowledge
+
+    cfg = from_dict(run.read_json("run.json")["config"])
+    records = knowledge.load_records(heldout_source(cfg.task.data))[:limit]
+    rounds = len(summaries(run))
+    if rounds == 0:
+        raise ConfigError(f"{run.uri}: no finished round: run `seal run` on its config first")
+    rt = stages.Runtime(cfg, run)
+    tok = rt.tokenizer
+    names = ["base model (no adaptation)", "passage only", "passage + warm-start policy's edits"]
+    names += [f"passage + round {r + 1} policy's edits" for r in range(rounds)]
+    rows: dict[str, dict[str, Any]] = {n: {"scores": [], "styles": []} for n in names}
+    bar = _bar(len(seeds) * len(names), progress)
+    t0 = time.perf_counter()
+    for seed in seeds:
+        for p in range(rounds + 1):  # p = 0: the warm-start policy; p = r + 1: after round r
+            model = rt.policy_model(p)
+            if p == 0:
+                for name, edits, with_passage in ((names[0], None, False), (names[1], None, True)):
+                    acc = incorporate(model, tok, records, edits, cfg, seed, with_passage)
+                    rows[name]["scores"].append(statistics.fmean(acc))
+                    _tick(bar)
+            edits = sample_edits(model, tok, records, cfg, seed)
+            acc = incorporate(model, tok, records, edits, cfg, seed, cfg.task.train_on_passage)
+            name = names[2 + p]
+            rows[name]["scores"].append(statistics.fmean(acc))
+            rows[name]["styles"].append(style_shares(records, edits))
+            rows[name].setdefault("examples", [])
+            if seed == seeds[0]:
+                rows[name]["examples"] = edits[:2]
+            _tick(bar)
+    if bar is not None:
+        bar.close()
+    rt.release()
+    result = {
+        "heldout_passages": len(records), "questions": sum(len(r["questions"]) for r in records),
+        "seeds": seeds, "seconds": round(time.perf_counter() - t0, 1),
+        "rows": [{"name": n, **_summarise(rows[n])} for n in names],
+        "rounds": [{"round": s["round"], "mean_reward": s["mean_reward"], "max_reward": s["max_reward"],
+                    "mean_baseline": s["mean_baseline"], "styles": _round_styles(run, cfg, s["round"])}
+                   for s in summaries(run)],
+    }
+    run.write_json("world-report.json", result)
+    return result
+
+
+def _round_styles(run: Store, cfg: RunConfig, round_: int) -> dict[str, float]:
+    """Style shares of the self-edits sampled in the loop itself (train passages) in a round."""
+    from seal.stages import read_edits, read_plan
+    from seal.tasks import knowledge
+
+    records = knowledge.load_records(cfg.task.data)
+    plan = read_plan(run, round_)
+    edits = read_edits(run, plan, round_, set(plan["contexts"]))
+    recs = [records[c] for c, _ in sorted(edits)]
+    return style_shares(recs, [edits[key]["text"] for key in sorted(edits)])
+
+
+def _summarise(row: dict[str, Any]) -> dict[str, Any]:
+    s = row["scores"]
+    out: dict[str, Any] = {"scores": s, "mean": statistics.fmean(s),
+                           "std": statistics.stdev(s) if len(s) > 1 else 0.0}
+    if row["styles"]:
+        out["styles"] = {k: statistics.fmean(d[k] for d in row["styles"]) for k in world.STYLES}
+        out["examples"] = row.get("examples", [])
+    return out
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="held-out evaluation", unit="row", mininterval=1.0)
+
+
+def _tick(bar: Any) -> None:
+    if bar is not None:
+        bar.update(1)
+
+
+def table(result: dict[str, Any]) -> str:
+    """Plain-text table: accuracy mean ± spread over seeds, and the style shares of the edits."""
+    header = ("held-out accuracy (EM)", "mean", "± std", "min", "max", "qa", "paraphrase", "drift")
+    cells = [header]
+    for row in result["rows"]:
+        st = row.get("styles")
+        shares = tuple(f"{st[k]:.0%}" for k in world.STYLES) if st else ("", "", "")
+        cells.append((row["name"], f"{row['mean']:.3f}", f"{row['std']:.3f}", f"{min(row['scores']):.3f}",
+                      f"{max(row['scores']):.3f}", *shares))
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join((c.ljust(w) if i == 0 else c.rjust(w)) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    rows = {r["name"]: r for r in result["rows"]}
+    final, warm, passage = result["rows"][-1], rows["passage + warm-start policy's edits"], rows["passage only"]
+    lines.append("")
+    lines.append(f"{result['heldout_passages']} held-out passages, {result['questions']} questions, "
+                 f"seeds {result['seeds']}; std is over seeds.")
+    for other in (warm, passage):
+        diffs = [a - b for a, b in zip(final["scores"], other["scores"], strict=True)]
+        spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        wins = sum(d > 0 for d in diffs)
+        lines.append(f"final policy vs {other['name']}: {statistics.fmean(diffs):+.3f} ± {spread:.3f} "
+                     f"(higher in {wins} of {len(diffs)} seeds)")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], out: str | Path) -> Path:
+    """Left: reward per ReSTEM round (train passages, in the loop). Right: share of each edit
+    style, per round in the loop and for each policy's held-out edits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    rounds = [r["round"] for r in result["rounds"]]
+    ax1.plot(rounds, [r["mean_reward"] for r in result["rounds"]], marker="o", label="mean reward (loop)")
+    ax1.plot(rounds, [r["max_reward"] for r in result["rounds"]], marker="^", label="max reward (loop)")
+    ax1.plot(rounds, [r["mean_baseline"] for r in result["rounds"]], ls="--", label="un-adapted baseline")
+    ax1.set_xticks(rounds)
+    ax1.set_xlabel("ReSTEM round (edits sampled from the policy entering the round)")
+    ax1.set_ylabel("reward (question accuracy)")
+    ax1.set_ylim(0, 1)
+    ax1.grid(alpha=0.3)
+    ax1.legend()
+    labels = [f"loop r{r['round']}" for r in result["rounds"]]
+    shares = [r["styles"] for r in result["rounds"]]
+    for row in result["rows"]:
+        if row.get("styles"):
+            labels.append(row["name"].replace("passage + ", "held-out: ").replace(" policy's edits", ""))
+            shares.append(row["styles"])
+    bottom = [0.0] * len(labels)
+    colors = {"qa": "tab:green", "paraphrase": "tab:blue", "drift": "tab:gray"}
+    for style in world.STYLES:
+        vals = [s[style] for s in shares]
+        ax2.bar(range(len(labels)), vals, bottom=bottom, label=style, color=colors[style])
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax2.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax2.set_ylabel("share of self-edits")
+    ax2.set_title("edit styles per round")
+    ax2.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def dump(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=2, sort_keys=True)

@@ -1,0 +1,107 @@
+"""seal.world (the synthetic world), seal.warmstart (its base model) and seal.world_report (the
+held-out table): determinism, no leak of held-out facts into any training data, style heuristic,
+and a cut-down end-to-end run that produces every row of the table."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from seal import warmstart, world
+from seal.errors import ConfigError
+from seal.tasks import knowledge
+
+SPEC = world.WorldSpec(seed=3)
+
+
+def test_world_is_seeded_and_in_squad_form():
+    a, b = world.generate(SPEC), world.generate(SPEC)
+    assert a == b
+    assert world.generate(world.WorldSpec(seed=4))["heldout"] != a["heldout"]
+    for split in world.SPLITS:
+        assert len(a[split]) == getattr(SPEC, split)
+    recs = knowledge.load_records("world:seed=3,split=heldout")
+    assert recs == a["heldout"]
+    rec = recs[0]
+    assert len(rec["questions"]) == len(world.ATTRIBUTES)
+    for attr, q in zip(world.ATTRIBUTES, rec["questions"], strict=True):
+        assert q["answer"] == rec["facts"][attr]
+        assert rec["title"] in q["question"]
+        assert q["answer"] in rec["context"]  # every asked fact is stated in the passage
+
+
+def test_bad_world_sources_fail_with_one_line():
+    with pytest.raises(ConfigError, match="split"):
+        knowledge.load_records("world:seed=0,split=test")
+    with pytest.raises(ConfigError, match="unknown key"):
+        knowledge.load_records("world:seed=0,colour=1")
+    with pytest.raises(ConfigError, match="model.base"):
+        warmstart.parse_model_spec("world:seed=0,depth=3")
+
+
+def test_splits_share_no_entity_and_heldout_never_reaches_training_data():
+    w = world.generate(SPEC)
+    names = {s: {r["title"] for r in w[s]} for s in world.SPLITS}
+    for x, y in itertools.combinations(world.SPLITS, 2):
+        assert not names[x] & names[y]
+    # No held-out name occurs in any training text: the train split's passages and questions,
+    # the tokenizer's corpus, and a long stretch of the warm-start example stream.
+    training = world.all_text(w["train"]) + "\n".join(warmstart.tokenizer_corpus(w["warmstart"]))
+    stream = warmstart.example_stream(w["warmstart"], "implications", random.Random(0))
+    warm = "\n".join(ex.prompt + ex.text for ex in itertools.islice(stream, 5000))
+    training += warm
+    for name in names["train"]:  # ReSTEM's passages are unknown to the base model too
+        assert name not in warm
+    for name in names["heldout"]:
+        assert name not in training
+
+
+def test_edit_styles_are_told_apart_by_the_heuristic():
+    rng = random.Random(0)
+    recs = world.generate(SPEC)["train"]
+    for rec, style in itertools.product(recs[:10], world.STYLES):
+        assert world.edit_style(rec, world.write_edit(rec, style, rng)) == style
+    assert world.edit_style(recs[0], "") == "drift"
+    assert world.edit_style(recs[0], "What is the job?\nbaker\nnoise") == "qa"
+
+
+def test_warmstart_examples_mix_styles_uniformly():
+    recs = world.generate(SPEC)["warmstart"]
+    stream = warmstart.example_stream(recs, "implications", random.Random(1))
+    policy = [ex for ex in itertools.islice(stream, 4000) if ex.prompt.startswith("Read the following")]
+    counts = {s: 0 for s in world.STYLES}
+    for ex in policy:
+        title = ex.prompt.split("Title: ")[1].split("\n")[0]
+        counts[world.edit_style({"title": title}, ex.text)] += 1
+    shares = [c / len(policy) for c in counts.values()]
+    assert all(abs(s - 1 / 3) < 0.05 for s in shares), counts
+
+
+@pytest.mark.slow
+def test_cut_down_world_pipeline_produces_every_row(tmp_path):
+    """Warm start (a few steps), one ReSTEM round, and the held-out table on 2 passages x 2 seeds."""
+    from seal import world_report
+    from seal.config import load_config
+    from seal.local import run_local
+    from seal.store import open_store
+
+    base = "world:seed=0,hidden=64,layers=2,steps=20,batch=4,row=96"
+    cfg = load_config("configs/world-demo.yaml", [
+        f"store={tmp_path}", "run_id=w", "rounds=1", "contexts_per_round=2", "edits_per_context=2",
+        f"model.base={base}", "sampling.max_new_tokens=16", "inner.epochs=1",
+        "mstep.epochs=1", "filter.min_reward=-1",
+    ])
+    rows = run_local(cfg)
+    assert len(rows) == 1
+    result = world_report.evaluate(open_store(cfg.run_uri), seeds=[0, 1], limit=2, progress=False)
+    names = [r["name"] for r in result["rows"]]
+    assert names == ["base model (no adaptation)", "passage only", "passage + warm-start policy's edits",
+                     "passage + round 1 policy's edits"]
+    for row in result["rows"]:
+        assert len(row["scores"]) == 2 and 0.0 <= row["mean"] <= 1.0
+    text = world_report.table(result)
+    assert "final policy vs passage only" in text
+    png = world_report.plot(result, tmp_path / "w.png")
+    assert png.stat().st_size > 1000
