@@ -6,14 +6,16 @@ output parameters, the round recursion, the exit handler, retry rules) can be ch
 without Kubernetes. It implements exactly these features and raises `Unsupported` on any other
 field, so a workflow that grows a new feature cannot pass here by being silently ignored:
 
-- spec: entrypoint, arguments.parameters, templates, onExit, volumes (configMap), and fields that
-  only matter to a cluster (serviceAccountName, activeDeadlineSeconds, podGC, ttlStrategy);
+- spec: entrypoint, arguments.parameters, templates, onExit, volumes (configMap), fields that
+  only matter to a cluster (serviceAccountName, activeDeadlineSeconds, podGC, ttlStrategy), and
+  metrics (the controller's Prometheus metrics: rendered at the end, so their variables must resolve);
 - templates: dag (tasks with template, depends as `a && b`, arguments.parameters, withParam,
   withItems, when) or container (command, args, env values, envFrom secretRef, volumeMounts,
   image and resources ignored), inputs/outputs parameters (outputs from files), retryStrategy
   (limit and expression honoured, backoff not waited for), activeDeadlineSeconds (a process
   timeout), and parallelism, timeout and podSpecPatch (rendered and parsed, no local effect);
-- variables: {{workflow.parameters.x}}, {{workflow.name}}, {{workflow.status}} (exit handler),
+- variables: {{workflow.parameters.x}}, {{workflow.name}}, {{workflow.status}} and
+  {{workflow.duration}} (exit handler and metrics),
   {{inputs.parameters.x}}, {{tasks.t.outputs.parameters.p}}, {{item}}, and `{{=...}}` expressions
   made of asInt(), + - and those names.
 
@@ -35,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ from typing import Any
 WORKFLOW_NAME = "seal-restem-local"
 
 SPEC_FIELDS = {"entrypoint", "arguments", "templates", "onExit", "volumes", "serviceAccountName",
-               "activeDeadlineSeconds", "podGC", "ttlStrategy"}
+               "activeDeadlineSeconds", "podGC", "ttlStrategy", "metrics"}
 TEMPLATE_FIELDS = {"name", "inputs", "outputs", "dag", "container", "retryStrategy", "activeDeadlineSeconds",
                    "timeout", "podSpecPatch", "parallelism"}
 CONTAINER_FIELDS = {"image", "command", "args", "env", "envFrom", "volumeMounts", "resources"}
@@ -75,6 +78,7 @@ class Result:
     phase: str  # Succeeded or Failed, like {{workflow.status}}
     pods: list[Pod] = field(default_factory=list)
     message: str = ""
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # spec.metrics, rendered
 
 
 def _only(obj: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -161,6 +165,8 @@ class LocalArgo:
             return WORKFLOW_NAME
         elif name == "workflow.status" and self.status:
             return self.status
+        elif name == "workflow.duration" and self.status:
+            return f"{time.monotonic() - self._started:.3f}"
         elif name in scope:
             return scope[name]
         raise Unsupported(f"{{{{{name}}}}} does not resolve here (known: {sorted(scope)})")
@@ -177,6 +183,7 @@ class LocalArgo:
     # --- running
 
     def run(self) -> Result:
+        self._started = time.monotonic()
         phase, message = "Succeeded", ""
         try:
             self.execute(self.spec["entrypoint"], {})
@@ -188,7 +195,9 @@ class LocalArgo:
                 self.execute(self.spec["onExit"], {})
             except WorkflowFailed as e:
                 phase, message = "Failed", message or f"exit handler: {e}"
-        return Result(phase, self.pods, message)
+        self.status = phase
+        metrics = [self.render_all(m, {}) for m in self.spec.get("metrics", {}).get("prometheus", [])]
+        return Result(phase, self.pods, message, metrics)
 
     def execute(self, name: str, inputs: dict[str, str]) -> dict[str, str]:
         """Run template `name` with these input values; returns its output parameters."""

@@ -291,7 +291,7 @@ def dry_run_report(cfg: RunConfig, doc: dict[str, Any], source: str, max_pods: i
 
 REF = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 EXPR_NAME = re.compile(r"\b(?:inputs|workflow|tasks)(?:\.[\w-]+)+")
-GLOBALS = {"workflow.name", "workflow.status", "workflow.namespace", "workflow.uid", "item"}
+GLOBALS = {"workflow.name", "workflow.status", "workflow.namespace", "workflow.uid", "workflow.duration", "item"}
 
 
 def _strings(node: Any) -> list[str]:
