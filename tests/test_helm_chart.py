@@ -474,3 +474,66 @@ def test_bad_values_are_rejected_readably(chart, values, message):
     text = str(err.value)
     assert message in text, text
     assert len(text) < 2000, text
+
+
+# --- the `helm test` script, against a real S3 server and a stand-in Kubernetes API
+
+
+@pytest.fixture
+def fake_kube_api(tmp_path):
+    """An HTTP server answering GET .../workflowtemplates/<name> like the API server; yields
+    (url, service-account dir, set of existing template names)."""
+    import http.server
+    import threading
+
+    existing: set[str] = set()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            name = self.path.rsplit("/", 1)[-1]
+            ok = self.headers.get("Authorization") == "Bearer test-token" and name in existing
+            body = json.dumps({"kind": "WorkflowTemplate", "spec": {"entrypoint": "main"}}).encode()
+            self.send_response(200 if ok else 404)
+            self.end_headers()
+            self.wfile.write(body if ok else b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("test-token\n")
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", sa, existing
+    finally:
+        server.shutdown()
+
+
+def test_helm_test_script_checks_store_and_template(s3_env, fake_kube_api, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    api, sa, existing = fake_kube_api
+    env = {**os.environ, "SEAL_STORE": s3_env, "SEAL_KUBE_API": api, "SEAL_SA_DIR": str(sa),
+           "SEAL_NAMESPACE": NAMESPACE, "SEAL_WORKFLOW_TEMPLATE": f"{RELEASE}-seal"}
+    script = [sys.executable, str(CHART / "files" / "helm-test.py")]
+
+    def run(**extra):
+        return subprocess.run(script, env={**env, **extra}, capture_output=True, text=True, timeout=60)
+
+    missing = run()
+    assert missing.returncode != 0 and "store s3://" in missing.stdout
+    assert "HTTP 404 (404: not installed" in missing.stderr
+    existing.add(f"{RELEASE}-seal")
+    ok = run()
+    assert ok.returncode == 0, ok.stderr
+    assert "is reachable and writable" in ok.stdout and "exists (entrypoint main)" in ok.stdout
+    bad_bucket = run(SEAL_STORE="s3://no-such-bucket-seal/runs")
+    assert bad_bucket.returncode != 0 and "bucket not found" in bad_bucket.stderr
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    wrong = run(AWS_SECRET_ACCESS_KEY="wrong-secret-key")
+    assert wrong.returncode != 0 and "access denied" in wrong.stderr
+    assert secret not in wrong.stdout + wrong.stderr and "wrong-secret-key" not in wrong.stdout + wrong.stderr
