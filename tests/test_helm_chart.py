@@ -537,3 +537,15 @@ def test_helm_test_script_checks_store_and_template(s3_env, fake_kube_api, tmp_p
     wrong = run(AWS_SECRET_ACCESS_KEY="wrong-secret-key")
     assert wrong.returncode != 0 and "access denied" in wrong.stderr
     assert secret not in wrong.stdout + wrong.stderr and "wrong-secret-key" not in wrong.stdout + wrong.stderr
+
+
+def test_packaged_chart_is_self_contained(tmp_path):
+    """`helm package` resolves the links: the archive a registry serves carries restem.yaml itself."""
+    archive = helm.package(str(CHART), destination=str(tmp_path))
+    with helm.Chart.load(archive) as packaged:
+        names = {f["name"] for f in packaged.files}
+        assert {"files/restem.yaml", "files/configs/demo-cpu.yaml", "files/grafana-dashboard.json"} <= names
+        restem = next(f for f in packaged.files if f["name"] == "files/restem.yaml")
+        assert yaml.safe_load(restem["data"]) == _restem()
+        wt = workflow_template(manifests(render(packaged, {})))
+        assert wt["spec"]["entrypoint"] == _restem()["spec"]["entrypoint"]
