@@ -188,7 +188,7 @@ def _metrics_out(args: argparse.Namespace) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from seal import stages
+    from seal import metrics, stages
     from seal.config import load_config
 
     if args.command == "run":
@@ -260,12 +260,15 @@ def _dispatch(args: argparse.Namespace) -> int:
             cfg = inline_config(args.config, place)
         else:
             cfg = load_config(args.config, place)
-        stages.init_run(open_store(args.run), cfg)
+        metrics.stage_call("init", {"run": cfg.run_id, "stage": "init"}, stages.init_run, open_store(args.run), cfg)
         print(args.run)
         return 0
     if args.command in ("finish", "submit", "status") or (args.command == "plan" and args.dry_run):
         from seal import submit
 
+        if args.command == "finish":  # the exit handler pushes its outcome like every stage
+            group = {"run": split_run_uri(args.run)[1], "stage": "finish"}
+            return metrics.stage_call("finish", group, submit.dispatch, args)
         return submit.dispatch(args)
     if args.command == "plan" and (args.run is None or args.round is None):
         raise ConfigError("seal plan needs --run URI and --round R (or --dry-run with --config FILE)")

@@ -227,3 +227,18 @@ def test_local_round_pushes_reward_and_duration_series_to_prometheus(prometheus,
     assert float(written[0]["value"][1]) > 0
     success = _query(prometheus, 'seal_stage_last_success_timestamp_seconds{run="metrics",stage="improve"}')
     assert float(success[0]["value"][1]) > time.time() - 600
+
+
+def test_init_and_finish_push_their_outcome(pushgateway, monkeypatch, tmp_path):
+    from seal.cli import main
+
+    monkeypatch.setenv(metrics.PUSHGATEWAY_ENV, pushgateway)
+    run = str(tmp_path / "runs" / "bookkeeping")
+    config = tmp_path / "c.yaml"
+    config.write_text("rounds: 1\n")
+    assert main(["init", "--run", run, "--config", str(config)]) == 0
+    assert main(["finish", "--run", run, "--status", "Succeeded"]) == 0
+    text = _get(f"{pushgateway}/metrics")
+    for stage in ("init", "finish"):
+        assert any(line.startswith("seal_stage_last_success_timestamp_seconds")
+                   and f'run="bookkeeping",stage="{stage}"' in line for line in text.splitlines()), stage
