@@ -85,8 +85,15 @@ def pushgateway(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(pushgateway, tmp_path_factory) -> Iterator[str]:
-    """URL of a Prometheus scraping the Pushgateway every second (honor_labels, as the chart does)."""
+def seal_run_port() -> int:
+    """The port `seal run --metrics-port` serves on in the test below; Prometheus scrapes it."""
+    return _free_port()
+
+
+@pytest.fixture(scope="module")
+def prometheus(pushgateway, seal_run_port, tmp_path_factory) -> Iterator[str]:
+    """URL of a Prometheus scraping, every second, the Pushgateway (honor_labels, as the chart does)
+    and the /metrics of a `seal run` (job seal-run)."""
     binary = _binary("prometheus")
     port = _free_port()
     work = tmp_path_factory.mktemp("prometheus")
@@ -97,6 +104,8 @@ def prometheus(pushgateway, tmp_path_factory) -> Iterator[str]:
         "  - job_name: pushgateway\n"
         "    honor_labels: true\n"
         f"    static_configs: [{{targets: ['{urllib.parse.urlparse(pushgateway).netloc}']}}]\n"
+        "  - job_name: seal-run\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{seal_run_port}']}}]\n"
     )
     args = [binary, f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
@@ -197,10 +206,13 @@ def test_unreachable_pushgateway_only_warns(monkeypatch, caplog):
 
 
 @pytest.mark.slow
-def test_local_round_pushes_reward_and_duration_series_to_prometheus(prometheus, pushgateway, tmp_path):
-    """`seal run --pushgateway` on a tiny model for one round; Prometheus then has the series."""
+def test_local_round_pushes_reward_and_duration_series_to_prometheus(prometheus, pushgateway, seal_run_port,
+                                                                     tmp_path):
+    """`seal run --pushgateway URL --metrics-port P` on a tiny model for one round: Prometheus has
+    the pushed series, and scraped the run's own /metrics while it worked."""
     overrides = [o for o in tiny_overrides(str(tmp_path / "runs"), "metrics") if not o.startswith("rounds=")]
-    cmd = [sys.executable, "-m", "seal.cli", "run", "--pushgateway", pushgateway, "--set", "rounds=1"]
+    cmd = [sys.executable, "-m", "seal.cli", "run", "--pushgateway", pushgateway,
+           "--metrics-port", str(seal_run_port), "--set", "rounds=1"]
     for o in overrides:
         cmd += ["--set", o]
     env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -227,6 +239,10 @@ def test_local_round_pushes_reward_and_duration_series_to_prometheus(prometheus,
     assert float(written[0]["value"][1]) > 0
     success = _query(prometheus, 'seal_stage_last_success_timestamp_seconds{run="metrics",stage="improve"}')
     assert float(success[0]["value"][1]) > time.time() - 600
+
+    # Scraped from the process itself while it ran (the series went stale when it exited).
+    scraped = _query(prometheus, 'max_over_time(seal_stage_runs_total{job="seal-run",outcome="success"}[10m])')
+    assert {r["metric"]["stage"] for r in scraped} >= {"plan", "sample"}, scraped
 
 
 def test_init_and_finish_push_their_outcome(pushgateway, monkeypatch, tmp_path):
