@@ -79,7 +79,7 @@ def seal_process(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_stage_killed_mid_way_then_rerun_ends_complete(base, tmp_path):
+def test_a_stage_killed_mid_way_then_rerun_ends_complete(base, tmp_path, capsys):
     base_run, reference = base
     run = copy_of(base_run, tmp_path)
     store = open_store(run)
@@ -93,6 +93,14 @@ def test_a_stage_killed_mid_way_then_rerun_ends_complete(base, tmp_path):
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "adapt finished before it could be killed"
     assert not store.exists("round-0/scores/00002.jsonl")
+    # `seal status` shows the partial round: shards done and the rewards scored so far
+    done = [a for a in range(3) if store.exists(f"round-0/scores/{a:05d}.jsonl")]
+    rewards = [row["reward"] for a in done for row in store.read_jsonl(f"round-0/scores/{a:05d}.jsonl")]
+    capsys.readouterr()
+    assert main(["status", run]) == 0
+    row = capsys.readouterr().out.splitlines()[3].split()
+    assert row[:6] == ["0", "done", "2/2", f"{len(done)}/3", "-", f"{len(rewards)}/6"] and len(done) >= 1
+    assert row[6] == f"{sum(rewards) / len(rewards):.3f}" and row[7] == f"{max(rewards):.3f}"
     finish_round(run)
     assert snapshot(store, "round-0") == reference
 
