@@ -180,6 +180,48 @@ def peft_init(model: Any, lora: LoraConfig, seed: int) -> dict[str, tuple[Any, A
     return out
 
 
+def fast_init(model: Any, lora: LoraConfig, seed: int) -> dict[str, tuple[Any, Any]]:
+    """peft_init's values without building a PeftModel: the same generator calls in the same order.
+
+    peft (0.15-0.21) seeds nothing itself; for each target module, in named_modules() order, it
+    builds nn.Linear(in, r) and nn.Linear(r, out) (each constructor draws a kaiming-uniform
+    weight), then redraws A kaiming-uniform and zeroes B, all on the CPU generator. train_many
+    checks this against peft_init once per call and falls back to peft_init if they ever differ.
+    """
+    import math
+
+    import torch
+
+    from seal.seeds import seed_everything
+
+    seed_everything(seed)
+    out = {}
+    for name in target_names(model, lora.target_modules):
+        m = model.get_submodule(name)
+        a = torch.empty(lora.rank, m.in_features)
+        b = torch.empty(m.out_features, lora.rank)
+        torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        torch.nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+        torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        out[name] = (a, torch.zeros_like(b))
+    return out
+
+
+def initial_weights(model: Any, jobs: list[FitJob]) -> list[dict[str, tuple[Any, Any]]]:
+    """Each job's initial adapter as peft makes it: fast_init, checked once against peft itself."""
+    import torch
+
+    if not jobs:
+        return []
+    ref = peft_init(model, jobs[0].lora, jobs[0].seed)
+    fast = fast_init(model, jobs[0].lora, jobs[0].seed)
+    if ref.keys() == fast.keys() and all(torch.equal(ref[k][0], fast[k][0]) and torch.equal(ref[k][1], fast[k][1])
+                                         for k in ref):
+        return [ref] + [fast_init(model, j.lora, j.seed) for j in jobs[1:]]
+    log.warning("fast LoRA init differs from this peft version's: initialising through peft (slower)")
+    return [ref] + [peft_init(model, j.lora, j.seed) for j in jobs[1:]]
+
+
 def save_peft(weights: dict[str, tuple[Any, Any]], lora: LoraConfig, out_dir: str, base: str = "") -> None:
     """Write an adapter exactly as PeftModel.save_pretrained lays it out (config + safetensors)."""
     from safetensors.torch import save_file
@@ -263,7 +305,7 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int) 
     first = jobs[0].lora
     n = len(jobs)
     frozen = {p: p.requires_grad for p in model.parameters()}  # peft_init clears them: restore after
-    inits = [peft_init(model, j.lora, j.seed) for j in jobs]
+    inits = initial_weights(model, jobs)
     device = next(model.parameters()).device
     rows = []
     for j in jobs:
@@ -281,14 +323,23 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int) 
         opt = _StackedAdamW(multi.parameters(), [j.lora for j in jobs], device)
         stats = [{"steps": 0, "first_loss": float("nan"), "last_loss": float("nan")} for _ in jobs]
         model.train()
-        for s in range(max((len(p) for p in plans), default=0)):
-            active = [i for i in range(n) if s < len(plans[i])]
+        pos = [0] * n  # each adapter's next step in its own schedule
+        passes = tokens = padded = 0
+        overhead = PASS_OVERHEAD_TOKENS["cuda" if device.type == "cuda" else "cpu"]
+        while True:
+            pending = {i: [rows[i][r] for r in plans[i][pos[i]]] for i in range(n) if pos[i] < len(plans[i])}
+            if not pending:
+                break
+            active = pick_adapters(pending, overhead)
             batch_rows, owner = [], []
             for i in active:
-                for r in plans[i][s]:
-                    batch_rows.append(rows[i][r])
-                    owner.append(i)
+                batch_rows.extend(pending[i])
+                owner.extend([i] * len(pending[i]))
+                pos[i] += 1
             batch = {k: v.to(device) for k, v in collate(batch_rows, tokenizer.pad_token_id).items()}
+            passes += 1
+            tokens += sum(len(ids) for ids, _ in batch_rows)
+            padded += batch["input_ids"].numel()
             multi.route(owner)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             losses = _per_adapter_loss(logits, batch["labels"], torch.tensor(owner, device=device), n)
@@ -302,6 +353,8 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int) 
                     st["first_loss"] = value
                 st["last_loss"] = value
                 st["steps"] += 1
+        log.info("train_many: %d adapters, %d steps in %d passes, %d tokens padded to %d",
+                 n, sum(len(p) for p in plans), passes, tokens, padded)
         results = [FitResult(weights=multi.get_adapter(i), stats=stats[i]) for i in range(n)]
     finally:
         multi.remove()
@@ -309,6 +362,30 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int) 
             p.requires_grad_(flag)
         model.train(was_training)
     return results
+
+
+# A forward/backward pass costs about this many padded tokens' worth of time on top of its tokens
+# (kernel launches, Python, the frozen weights streamed once per pass): a CPU is compute-bound
+# already at a few hundred tokens, a GPU only at many thousands. A heuristic for pick_adapters.
+PASS_OVERHEAD_TOKENS = {"cpu": 256, "cuda": 16384}
+
+
+def pick_adapters(pending: dict[int, list[tuple[list[int], list[int]]]], overhead: int) -> list[int]:
+    """Which adapters take their next step in this pass. Rows of a pass are padded to its longest,
+    and a self-edit's short lines and its long passage come in random order, so advancing every
+    adapter every pass wastes most of a compute-bound device on padding. Any subset keeps each
+    adapter's own step sequence (hence its result) unchanged; this picks the adapters with the
+    shortest next batches, as many as maximise steps per (overhead + padded tokens). Adapters
+    held back take their step in a later pass, with others of their length."""
+    by_len = sorted(pending, key=lambda i: max(len(ids) for ids, _ in pending[i]))
+    best, best_rate, rows = 1, 0.0, 0
+    for count, i in enumerate(by_len, start=1):
+        rows += len(pending[i])
+        width = max(len(ids) for ids, _ in pending[i])
+        rate = count / (overhead + rows * width)
+        if rate > best_rate:
+            best, best_rate = count, rate
+    return sorted(by_len[:best])
 
 
 def _per_adapter_loss(logits: Any, labels: Any, owner: Any, n: int) -> Any:

@@ -151,3 +151,14 @@ def _tensors(store, prefix):
     from safetensors.torch import load
 
     return load(store.read_bytes(f"{prefix}/adapter_model.safetensors"))
+
+
+def test_fast_init_is_peft_init(tiny_model):
+    from seal.multilora import fast_init, peft_init
+
+    model, _ = tiny_model
+    for lora, seed in ((LoraConfig(rank=4, alpha=8), 3),
+                       (LoraConfig(rank=8, target_modules=["q_proj", "down_proj"]), 9)):
+        ref, fast = peft_init(model, lora, seed), fast_init(model, lora, seed)
+        assert ref.keys() == fast.keys()
+        assert all(torch.equal(ref[k][0], fast[k][0]) and torch.equal(ref[k][1], fast[k][1]) for k in ref)

@@ -1,0 +1,168 @@
+"""Inner-loop throughput, three ways, in one run on the same model, data and settings.
+
+  (a) one process per candidate: start Python, load the base, fit F adapters, score, exit
+      (what a naive pod-per-candidate design does; the time is measured from spawn to exit);
+  (b) the reference style: base loaded once, candidates fitted one after another and scored one
+      after another (seal.adapt.fit_candidate, inner.batched=false);
+  (c) the batched multi-LoRA trainer plus multi-adapter scoring (seal.multilora.fit_shard,
+      inner.batched=true): B fits per forward/backward, all probes in one generation call.
+
+Prints candidates scored per minute for each, the ratios c/a and c/b, how far (c)'s losses and
+rewards are from (b)'s, and model load as a share of a pod's wall time at the default shard size
+(shards.adapt_size candidates per pod). Not run by CI. Example (the figures in bench/README.md):
+
+    .venv/bin/python bench/inner_loop.py --candidates 8 --fits 1 --epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def make_config(args: argparse.Namespace):
+    from seal.config import load_config
+
+    return load_config(None, [
+        f"model.base={args.model}", f"model.device={args.device}", f"inner.fits={args.fits}",
+        f"inner.epochs={args.epochs}", f"inner.batch_size={args.batch_size}", f"inner.rank={args.rank}",
+        f"inner.alpha={2 * args.rank}", f"task.answer_tokens={args.answer_tokens}",
+        f"inner.max_batch={args.candidates}", f"inner.memory_budget_mb={args.memory_budget_mb}",
+        f"sampling.backend={args.score_backend}", "sampling.vllm_memory=0.2",
+    ])
+
+
+def candidates(records: list[dict], n: int) -> list:
+    """n deterministic self-edits: 3 sentences of a passage each (context i mod #passages)."""
+    from seal.adapt import Candidate
+
+    out = []
+    for i in range(n):
+        c = i % len(records)
+        sentences = [s for s in re.split(r"(?<=\.)\s+", records[c]["context"]) if s]
+        k = i // len(records)
+        lines = [sentences[(k + j) % len(sentences)] for j in range(3)]
+        out.append(Candidate(context=c, k=k, text="\n".join(lines)))
+    return out
+
+
+def load(cfg):
+    from seal.models import choose_placement, load_model, load_tokenizer
+
+    placement = choose_placement(cfg.model.device, cfg.model.dtype)
+    return load_model(cfg.model.base, placement), load_tokenizer(cfg.model.base)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """(a)'s process: load, fit and score one candidate, print timings as JSON, exit."""
+    t0 = time.perf_counter()
+    from seal import adapt
+    from seal.tasks import get_task
+
+    cfg = make_config(args)
+    task = get_task("knowledge")
+    records = task.load_contexts(cfg.task)
+    model, tok = load(cfg)
+    t1 = time.perf_counter()
+    cand = candidates(records, args.candidates)[args.worker]
+    _, row = adapt.fit_candidate(model, tok, task, records[cand.context], cand, cfg, 0, None)
+    print(json.dumps({"load_s": t1 - t0, "work_s": time.perf_counter() - t1, "reward": row["reward"]}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny:hidden=256,layers=4,seed=0")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--candidates", type=int, default=8, help="candidates (context, k); also B for (c)")
+    p.add_argument("--fits", type=int, default=1, help="LoRA fits per candidate (F)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=1, help="inner-loop batch size (the paper's: 1)")
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--answer-tokens", type=int, default=64)
+    p.add_argument("--memory-budget-mb", type=int, default=4096)
+    p.add_argument("--score-backend", default="transformers", choices=["transformers", "vllm"],
+                   help="(c)'s scoring backend; (a) and (b) always score with transformers")
+    p.add_argument("--skip-a", action="store_true", help="skip the one-process-per-candidate arm")
+    p.add_argument("--worker", type=int, default=-1, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker >= 0:
+        worker(args)
+        return
+
+    import torch
+
+    from seal import adapt
+    from seal.config import ShardConfig
+    from seal.models import resolve_model
+    from seal.multilora import fit_shard
+    from seal.tasks import get_task
+
+    cfg = make_config(args)
+    resolve_model(cfg.model.base)  # build a tiny model once, outside the timings
+    task = get_task("knowledge")
+    records = task.load_contexts(cfg.task)
+    cands = candidates(records, args.candidates)
+    n = len(cands)
+    print(f"model {args.model}, {n} candidates x {args.fits} fits, {args.epochs} epochs, batch {args.batch_size}, "
+          f"rank {args.rank}, {args.answer_tokens} answer tokens; torch threads {torch.get_num_threads()}")
+
+    res = {}
+    if not args.skip_a:
+        t0 = time.perf_counter()
+        loads, works = [], []
+        for i in range(n):
+            cmd = [sys.executable, __file__, "--worker", str(i)] + [a for a in sys.argv[1:] if a != "--skip-a"]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            info = json.loads(out.strip().splitlines()[-1])
+            loads.append(info["load_s"])
+            works.append(info["work_s"])
+        res["a"] = time.perf_counter() - t0
+        print(f"(a) one process per candidate: {res['a']:.1f} s, {60 * n / res['a']:.2f} candidates/min "
+              f"(in-process load {sum(loads) / n:.2f} s, fit+score {sum(works) / n:.2f} s per candidate)")
+
+    t0 = time.perf_counter()
+    model, tok = load(cfg)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows_b = []
+    for cand in cands:
+        model, row = adapt.fit_candidate(model, tok, task, records[cand.context], cand, cfg, 0, None)
+        rows_b.append(row)
+    res["b"] = time.perf_counter() - t0 + load_s
+    fit_b = sum(sum(r["fit_s"]) for r in rows_b)
+    print(f"(b) base once, fits then scores one by one: {res['b']:.1f} s, {60 * n / res['b']:.2f} candidates/min "
+          f"(load {load_s:.2f} s, fits {fit_b:.1f} s, scoring {sum(sum(r['score_s']) for r in rows_b):.1f} s)")
+
+    t0 = time.perf_counter()
+    rows_c = fit_shard(model, tok, task, records, cands, cfg, 0, None)
+    res["c"] = time.perf_counter() - t0 + load_s
+    fit_c = sum(sum(r["fit_s"]) for r in rows_c)
+    print(f"(c) batched multi-LoRA, B={min(n * args.fits, args.candidates)}: {res['c']:.1f} s, "
+          f"{60 * n / res['c']:.2f} candidates/min (load {load_s:.2f} s, fits {fit_c:.1f} s, "
+          f"scoring {sum(sum(r['score_s']) for r in rows_c):.1f} s, scored with {args.score_backend})")
+
+    loss_gap = max(abs(lb - ls) / max(abs(ls), 1e-9) for rb, rc in zip(rows_b, rows_c, strict=True)
+                   for fb, fc in zip(rb["losses"], rc["losses"], strict=True) for ls, lb in zip(fb, fc, strict=True))
+    same = sum(rb["answers"] == rc["answers"] for rb, rc in zip(rows_b, rows_c, strict=True))
+    print(f"(c) vs (b): largest relative loss difference {loss_gap:.2e}; identical answers for {same}/{n} candidates")
+    if "a" in res:
+        print(f"c/a = {res['a'] / res['c']:.1f}x")
+    print(f"c/b = {res['b'] / res['c']:.1f}x")
+    shard = ShardConfig().adapt_size
+    per_b = (res["b"] - load_s) / n
+    per_c = (res["c"] - load_s) / n
+    pod_load = (sum(loads) / n) if "a" in res else load_s
+    print(f"model load share of a pod's wall time at shards.adapt_size={shard}: "
+          f"{pod_load / (pod_load + shard * per_b):.1%} with (b)'s loop, {pod_load / (pod_load + shard * per_c):.1%} "
+          f"with (c)'s (load {pod_load:.2f} s incl. imports; per candidate {per_b:.2f} s / {per_c:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
