@@ -549,3 +549,13 @@ def test_packaged_chart_is_self_contained(tmp_path):
         assert yaml.safe_load(restem["data"]) == _restem()
         wt = workflow_template(manifests(render(packaged, {})))
         assert wt["spec"]["entrypoint"] == _restem()["spec"]["entrypoint"]
+
+
+def test_versions_agree():
+    """The chart's appVersion, its default image tag and seal's version move together."""
+    import tomllib
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert chart["appVersion"] == values["image"]["tag"] == version
