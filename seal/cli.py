@@ -10,10 +10,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Any
 
-from seal.errors import ConfigError, SealError
+from seal.errors import ConfigError, SealError, TransientError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     # Library chatter (weight-loading bars, advisory warnings) hides seal's own progress.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    previous = _exit_75_on_sigterm()
     try:
         _metrics_out(args)
         return _dispatch(args)
@@ -175,6 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seal: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_75_on_sigterm() -> Any:
+    """Kubernetes stops a preempted or evicted pod with SIGTERM: end with exit code 75 (transient)
+    so Argo's retryStrategy retries it; the store holds only whole outputs, so the retry resumes."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise TransientError("terminated by SIGTERM (pod preempted or evicted?): rerun the same command to resume")
+
+    return signal.signal(signal.SIGTERM, terminated)
 
 
 def _metrics_out(args: argparse.Namespace) -> None:

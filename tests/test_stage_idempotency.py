@@ -115,3 +115,22 @@ def test_two_copies_of_the_same_shards_at_once_on_s3(base, s3_env):
         assert p.returncode == 0, err[-2000:]
     assert main(stage(run, "improve")) == 0
     assert snapshot(open_store(run), "round-0") == reference
+
+
+def test_sigterm_ends_a_stage_with_the_transient_exit_code(base, tmp_path):
+    """Kubernetes stops a preempted pod with SIGTERM: exit 75, which restem.yaml's retryStrategy retries."""
+    base_run, _ = base
+    run = copy_of(base_run, tmp_path)
+    store = open_store(run)
+    proc = seal_process(*stage(run, "adapt", "--shard", SHARDS))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if store.list("round-0/adapters"):
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate()
+    assert proc.returncode == 75, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("seal: error: terminated by SIGTERM") and "Traceback" not in err
+    assert not store.exists("round-0/scores/00002.jsonl")
