@@ -6,9 +6,12 @@ qa / paraphrase / drift, in equal shares). It is trained, full fine-tune from a 
 an endless stream of examples about the warm-start entities only:
 
 - the passage in the inner loop's format (`<title>\\n<passage>`), its sentence templates redrawn;
+- reading practice: a throwaway entity's passage, then one of its questions and the answer;
 - the questions in the probe format (`Topic: <title>\\n<question>\\n<answer>`);
 - self-edit lines in the inner loop's format (`<title>\\n<line>`), every style;
-- self-edit prompt -> self-edit of a uniformly drawn style (loss on the edit only).
+- self-edit prompt -> self-edit of a uniformly drawn style (loss on the edit only), about
+  throwaway entities (names in no split, facts drawn afresh each time), so the policy must copy
+  the facts from the passage it reads rather than recall them.
 
 No example says which style is useful. Whatever ReSTEM later prefers, it learns from the reward
 of real LoRA fits on the train split, graded against that split's answers.
@@ -41,10 +44,10 @@ class WarmStartSpec:
     hidden: int = 128
     layers: int = 4
     vocab: int = 1024
-    steps: int = 600  # optimiser steps of the warm start
+    steps: int = 900  # optimiser steps of the warm start
     batch: int = 12  # packed rows of `row` tokens per step
     row: int = 192
-    lr_milli: int = 3  # peak learning rate, in thousandths (3 -> 3e-3)
+    lr_milli: int = 4  # peak learning rate, in thousandths (3 -> 3e-3)
     prompt: str = "implications"  # the self-edit prompt variant the policy is trained on
 
 
@@ -74,8 +77,12 @@ def world_spec(ws: WarmStartSpec) -> world.WorldSpec:
 # --- Data
 
 
-def example_stream(records: list[dict[str, Any]], prompt: str, rng: random.Random):
-    """Endless training examples about `records` (the warm-start split): see the module doc."""
+def example_stream(records: list[dict[str, Any]], prompt: str, rng: random.Random, spec: world.WorldSpec):
+    """Endless training examples about `records` (the warm-start split): see the module doc.
+
+    The policy's examples are about throwaway entities (seal.world.scratch_record: names in no
+    split, facts drawn afresh), so the policy learns to copy facts from the passage it reads.
+    """
     from seal.tasks.knowledge import edit_prompt, question_prompt, training_texts
     from seal.train import Example
 
@@ -83,14 +90,17 @@ def example_stream(records: list[dict[str, Any]], prompt: str, rng: random.Rando
         rec = rng.choice(records)
         kind = rng.random()
         name = rec["title"]
-        if kind < 0.4:  # the policy: prompt -> an edit of a uniformly drawn style
-            # Redraw the passage's sentences so the policy reads many phrasings of one fact.
-            fresh = dict(rec, context=_redraw_passage(rec, rng))
+        if kind < 0.5:  # the policy: prompt -> an edit of a uniformly drawn style
+            fresh = world.scratch_record(spec, rng)
             style = rng.choice(world.STYLES)
             yield Example(text=world.write_edit(fresh, style, rng), prompt=edit_prompt(fresh, prompt))
         elif kind < 0.6:  # the passage, as the inner loop trains on it
             yield Example(text=f"{name}\n{_redraw_passage(rec, rng)}")
-        elif kind < 0.8:  # a question in the probe format, with its answer
+        elif kind < 0.7:  # reading: a question answered from a passage in view (throwaway entity)
+            fresh = world.scratch_record(spec, rng)
+            q = rng.choice(fresh["questions"])
+            yield Example(text=q["answer"], prompt=f"{fresh['title']}\n{fresh['context']}\n{q['question']}\n")
+        elif kind < 0.85:  # a question in the probe format, with its answer
             q = rng.choice(rec["questions"])
             yield Example(text=q["answer"], prompt=question_prompt(name, q["question"]))
         else:  # self-edit lines as the inner loop sees them (a question with its answer: one item)
@@ -128,7 +138,6 @@ def build(out: str | Path, ws: WarmStartSpec, progress: bool = True) -> dict[str
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from seal import train as seal_train
     from seal.models import _publish, build_tiny_model
     from seal.seeds import seed_everything
 
@@ -142,7 +151,7 @@ def build(out: str | Path, ws: WarmStartSpec, progress: bool = True) -> dict[str
     # Eager attention: at this size it is faster on CPU than SDPA's kernels.
     model = AutoModelForCausalLM.from_pretrained(tmp / "init", dtype=torch.float32, attn_implementation="eager")
     seed_everything(ws.seed)
-    stream = example_stream(records, ws.prompt, random.Random(ws.seed))
+    stream = example_stream(records, ws.prompt, random.Random(ws.seed), world_spec(ws))
     opt = torch.optim.AdamW(model.parameters(), lr=ws.lr_milli / 1000, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, ws.steps // 20)
 

@@ -16,6 +16,10 @@ in another's text:
   reward measures what a LoRA fit on the self-edit taught it);
 - `heldout`: evaluation only (seal.world_report).
 
+The names left over (in no split) serve as throwaway entities with freshly drawn facts: the warm
+start teaches the policy its styles on them, so that writing an edit means copying facts from the
+passage, not recalling them (`scratch_record`).
+
 The self-edit styles the warm-started policy learns to write, in equal shares, are defined here
 too (`write_edit`), together with the simple heuristic that tells them apart (`edit_style`):
 
@@ -132,7 +136,23 @@ def entity_names(spec: WorldSpec) -> dict[str, list[str]]:
         n = getattr(spec, split)
         out[split] = names[start:start + n]
         start += n
+    out["scratch"] = names[start:]  # in no split: the warm start's throwaway entities (see below)
     return out
+
+
+def scratch_record(spec: WorldSpec, rng: random.Random) -> dict[str, Any]:
+    """A throwaway entity: a name that is in no split, with freshly drawn facts. The warm start
+    teaches the policy on these, so it must copy facts from the passage (it cannot recall them)."""
+    return make_record(rng.choice(_scratch_names(spec)), rng)
+
+
+_SCRATCH: dict[WorldSpec, list[str]] = {}
+
+
+def _scratch_names(spec: WorldSpec) -> list[str]:
+    if spec not in _SCRATCH:
+        _SCRATCH[spec] = entity_names(spec)["scratch"]
+    return _SCRATCH[spec]
 
 
 def make_record(name: str, rng: random.Random) -> dict[str, Any]:
@@ -148,7 +168,8 @@ def make_record(name: str, rng: random.Random) -> dict[str, Any]:
 def generate(spec: WorldSpec) -> dict[str, list[dict[str, Any]]]:
     """Every split's records; the same spec always gives the same world."""
     rng = random.Random(spec.seed * 7919 + 1)
-    return {split: [make_record(n, rng) for n in names] for split, names in entity_names(spec).items()}
+    names = entity_names(spec)
+    return {split: [make_record(n, rng) for n in names[split]] for split in SPLITS}
 
 
 def load_split(source: str) -> list[dict[str, Any]]:
@@ -194,7 +215,7 @@ def edit_style(record: dict[str, Any], edit: str) -> str:
     lines = [line.strip() for line in edit.splitlines() if line.strip()]
     if not lines:
         return "drift"
-    pairs = sum(a.endswith("?") and not b.endswith("?") for a, b in zip(lines, lines[1:]))
+    pairs = sum(a.endswith("?") and not b.endswith("?") for a, b in zip(lines, lines[1:], strict=False))
     about = sum(record["title"] in line for line in lines)
     if 4 * pairs >= len(lines):
         return "qa"

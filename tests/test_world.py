@@ -49,7 +49,7 @@ def test_splits_share_no_entity_and_heldout_never_reaches_training_data():
     # No held-out name occurs in any training text: the train split's passages and questions,
     # the tokenizer's corpus, and a long stretch of the warm-start example stream.
     training = world.all_text(w["train"]) + "\n".join(warmstart.tokenizer_corpus(w["warmstart"]))
-    stream = warmstart.example_stream(w["warmstart"], "implications", random.Random(0))
+    stream = warmstart.example_stream(w["warmstart"], "implications", random.Random(0), SPEC)
     warm = "\n".join(ex.prompt + ex.text for ex in itertools.islice(stream, 5000))
     training += warm
     for name in names["train"]:  # ReSTEM's passages are unknown to the base model too
@@ -69,7 +69,7 @@ def test_edit_styles_are_told_apart_by_the_heuristic():
 
 def test_warmstart_examples_mix_styles_uniformly():
     recs = world.generate(SPEC)["warmstart"]
-    stream = warmstart.example_stream(recs, "implications", random.Random(1))
+    stream = warmstart.example_stream(recs, "implications", random.Random(1), SPEC)
     policy = [ex for ex in itertools.islice(stream, 4000) if ex.prompt.startswith("Read the following")]
     counts = {s: 0 for s in world.STYLES}
     for ex in policy:
