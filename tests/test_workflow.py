@@ -315,3 +315,16 @@ def test_local_executor_fails_loudly_on_an_unknown_reference_or_missing_secret(t
     res = LocalArgo(wf, {"store": str(tmp_path), "run-id": "t"}, secrets={}, workdir=tmp_path / "w2")
     with pytest.raises(WorkflowFailed, match="Secret seal-s3 does not exist"):
         res.execute("init", {})
+
+
+def test_int_or_string_and_quantity_fields_are_quoted(wf):
+    """Argo's own JSON schema rejects bare integers where it expects int-or-string or a quantity."""
+    for t in wf["spec"]["templates"]:
+        if "container" not in t:
+            continue
+        resources = t["container"]["resources"]
+        for kind in ("requests", "limits"):
+            for name, value in resources.get(kind, {}).items():
+                assert isinstance(value, str), f"{t['name']} {kind}.{name}: {value!r} must be quoted"
+        rs = t["retryStrategy"]
+        assert all(isinstance(v, str) for v in (rs["limit"], rs["backoff"]["factor"], t["activeDeadlineSeconds"]))
