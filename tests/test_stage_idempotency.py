@@ -31,7 +31,8 @@ def stage(run: str, *args: str) -> list[str]:
 def prepare(run: str) -> None:
     """init, plan and sample round 0 (everything adapt needs)."""
     overrides = [o for o in tiny_overrides("unused") if not o.startswith(("store=", "run_id="))]
-    assert main(["init", "--run", run, "--config", "configs/demo-cpu.yaml", *sets(overrides)]) == 0
+    config = pathlib.Path(__file__).resolve().parents[1] / "configs/demo-cpu.yaml"
+    assert main(["init", "--run", run, "--config", str(config), *sets(overrides)]) == 0
     assert main(stage(run, "plan")) == 0
     assert main(stage(run, "sample", "--shard", "0-1")) == 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from seal.cli import main
 from seal.config import load_config
 from seal.workflow import load_workflow
 
-CONFIG = "configs/squad-qwen2.5-7b.yaml"
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs/squad-qwen2.5-7b.yaml")
 ARGS = [CONFIG, "--set", "store=s3://bucket/runs/", "--set", "run_id=r1", "--set", "rounds=3"]
 
 

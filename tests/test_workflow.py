@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import tiny_overrides
@@ -25,7 +26,9 @@ from seal.workflow import (
     schema_errors,
 )
 
-PAPER = ["configs/squad-qwen2.5-7b.yaml", "--set", "contexts_per_round=2067"]
+ROOT = Path(__file__).resolve().parents[1]
+SQUAD = str(ROOT / "configs/squad-qwen2.5-7b.yaml")
+PAPER = [SQUAD, "--set", "contexts_per_round=2067"]
 
 
 @pytest.fixture
@@ -166,7 +169,7 @@ def test_paper_scale_dry_run_is_well_under_etcds_limit(capsys, wf):
     kb = int(re.search(r"estimated workflow object: ([\d,]+) KB", out).group(1).replace(",", ""))
     assert 100 < kb < 512, out
     # restem.yaml's comment quotes this output: it must not go stale.
-    text = open("workflows/restem.yaml").read()
+    text = (ROOT / "workflows/restem.yaml").read_text()
     quoted = [line[4:] for line in text.splitlines() if line.startswith("#   ") and "  " in line[4:]]
     for line in out.splitlines()[1:8]:
         assert line.rstrip() in quoted, f"restem.yaml's comment lacks: {line}"
@@ -174,12 +177,12 @@ def test_paper_scale_dry_run_is_well_under_etcds_limit(capsys, wf):
 
 
 def test_estimate_grows_with_pods_and_submit_refuses_an_oversized_workflow(wf, capsys):
-    cfg = load_config("configs/squad-qwen2.5-7b.yaml", ["contexts_per_round=2067", "store=s3://b/runs"])
+    cfg = load_config(SQUAD, ["contexts_per_round=2067", "store=s3://b/runs"])
     capped = estimate_size(cfg, wf, 64)
     uncapped = estimate_size(cfg, wf, None)  # one pod per shard: 207 + 2067 pods a round
     assert uncapped["pods"] == 2 * (1 + 207 + 2067 + 1) + 2 and capped["pods"] == 2 * (1 + 64 + 64 + 1) + 2
     assert uncapped["total"] > 4 * 2**20 and capped["total"] < 2**19
-    code = main(["submit", "configs/squad-qwen2.5-7b.yaml", "--set", "contexts_per_round=2067",
+    code = main(["submit", SQUAD, "--set", "contexts_per_round=2067",
                  "--set", "store=s3://b/runs", "-p", "max-pods-per-stage=100000", "--argo-server", "http://127.0.0.1:9"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "past etcd's ~1 MB" in err[0]
@@ -215,7 +218,7 @@ def test_dry_run_needs_a_run_or_a_config(capsys, tmp_path):
 
 def test_plan_out_dir_finish_and_status_on_a_folder(tmp_path, capsys):
     run = f"{tmp_path}/runs/t"
-    assert main(["init", "--run", run, "--config", "configs/demo-cpu.yaml",
+    assert main(["init", "--run", run, "--config", str(ROOT / "configs/demo-cpu.yaml"),
                  *sum((["--set", o] for o in tiny_overrides(f"{tmp_path}/runs")[2:]), [])]) == 0
     out = tmp_path / "pod" / "tmp" / "seal-plan"
     assert main(["plan", "--run", run, "--round", "0", "--out-dir", str(out), "--max-pods", "2"]) == 0
