@@ -14,6 +14,7 @@ model (round r>0 scores adapters over the merged policy) closes the old one firs
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import importlib.util
 import itertools
@@ -90,12 +91,36 @@ def get_engine(model_path: str, cfg: Any) -> Any:
     log.info("starting vLLM engine for %s (max_loras=%d, max_lora_rank=%d)",
              model_path, args["max_loras"], args["max_lora_rank"])
     try:
-        llm = LLM(**args)
+        with _without_context_proxies():
+            llm = LLM(**args)
     except ValueError as e:  # e.g. memory fraction above what is free: a config problem
         raise ConfigError(f"vLLM engine for {model_path}: {str(e).splitlines()[0]} "
                           "(sampling.vllm_memory sets the fraction of GPU memory, or RAM on CPU)") from None
     _engine.update(key=key, llm=llm)
     return llm
+
+
+@contextlib.contextmanager
+def _without_context_proxies():
+    """vLLM 0.32's CPU platform, starting an engine, scans the globals of every module in
+    sys.modules with hasattr(); werkzeug's context-local proxies (flask.request, flask.g, ...)
+    raise RuntimeError there instead of AttributeError, and the engine fails to start. That
+    happens wherever flask is loaded (moto's S3 server in the tests, for one). The modules holding
+    such proxies leave sys.modules while the engine starts and come back right after."""
+    import sys
+
+    local = sys.modules.get("werkzeug.local")
+    proxy = getattr(local, "LocalProxy", None)
+    hidden = {}
+    if proxy is not None:
+        for name, module in list(sys.modules.items()):
+            namespace = getattr(module, "__dict__", None) or {}
+            if any(isinstance(v, proxy) for v in list(namespace.values())):
+                hidden[name] = sys.modules.pop(name)
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
 
 
 def close_engine() -> None:
