@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default=os.environ.get("ARGO_NAMESPACE", "argo"),
                    help="namespace (default: $ARGO_NAMESPACE or argo)")
     p.add_argument("--workflow", help="the workflow file (default: workflows/restem.yaml of this checkout)")
+    p.add_argument("--print", dest="print_only", action="store_true",
+                   help="print the filled-in, checked Workflow as YAML instead of submitting it "
+                   "(for `argo submit -` or `kubectl create -f -`)")
 
     p = sub.add_parser("status", help="a run's progress per round, read from the store alone")
     p.add_argument("run", help="run URI: <store>/<run_id>")

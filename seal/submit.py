@@ -163,6 +163,11 @@ def build_workflow(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str]) -
 def submit_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     wf = build_workflow(cfg, load_workflow(args.workflow), parse_parameters(args.parameters))
+    if args.print_only:
+        import yaml
+
+        print(yaml.safe_dump(wf, sort_keys=False, width=1000), end="")
+        return 0
     if args.argo_server:
         name = submit_argo_server(wf, args.argo_server, args.namespace, os.environ.get("ARGO_TOKEN", ""))
     else:

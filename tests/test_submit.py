@@ -158,3 +158,14 @@ def test_bad_submit_input_is_refused_before_contacting_anything(argo, capsys, ex
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert server.requests == []
+
+
+def test_submit_print_writes_the_checked_workflow_without_contacting_anything(argo, capsys):
+    import yaml
+
+    server = argo()
+    assert main(["submit", *ARGS, "--print", "--argo-server", server.url, "-p", "image=img:1"]) == 0
+    wf = yaml.safe_load(capsys.readouterr().out)
+    assert server.requests == []
+    assert wf["kind"] == "Workflow" and params_of(wf)["image"] == "img:1" and params_of(wf)["run-id"] == "r1"
+    assert json.loads(params_of(wf)["config"])["rounds"] == 3
