@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", help="the workflow file (default: workflows/restem.yaml of this checkout)")
     p.add_argument("--print", dest="print_only", action="store_true",
                    help="print the filled-in, checked Workflow as YAML instead of submitting it "
-                   "(for `argo submit -` or `kubectl create -f -`)")
+                   "(for `argo submit FILE` or `kubectl create -f -`)")
 
     p = sub.add_parser("status", help="a run's progress per round, read from the store alone")
     p.add_argument("run", help="run URI: <store>/<run_id>")
