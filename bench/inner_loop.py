@@ -7,7 +7,8 @@
   (c) the batched multi-LoRA trainer plus multi-adapter scoring (seal.multilora.fit_shard,
       inner.batched=true): B fits per forward/backward, all probes in one generation call.
 
-Prints candidates scored per minute for each, the ratios c/a and c/b, how far (c)'s losses and
+(b) and (c) alternate --repeats times and keep their fastest run. Prints candidates scored per
+minute for each, the ratios c/a and c/b, how far (c)'s losses and
 rewards are from (b)'s, and model load as a share of a pod's wall time at the default shard size
 (shards.adapt_size candidates per pod). Not run by CI. Example (the figures in bench/README.md):
 
@@ -90,6 +91,7 @@ def main() -> None:
     p.add_argument("--score-backend", default="transformers", choices=["transformers", "vllm"],
                    help="(c)'s scoring backend; (a) and (b) always score with transformers")
     p.add_argument("--skip-a", action="store_true", help="skip the one-process-per-candidate arm")
+    p.add_argument("--repeats", type=int, default=2, help="(b) and (c) alternate this many times; fastest kept")
     p.add_argument("--worker", type=int, default=-1, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker >= 0:
@@ -118,7 +120,7 @@ def main() -> None:
         t0 = time.perf_counter()
         loads, works = [], []
         for i in range(n):
-            cmd = [sys.executable, __file__, "--worker", str(i)] + [a for a in sys.argv[1:] if a != "--skip-a"]
+            cmd = [sys.executable, __file__, "--worker", str(i)] + sys.argv[1:]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             info = json.loads(out.strip().splitlines()[-1])
             loads.append(info["load_s"])
@@ -130,19 +132,28 @@ def main() -> None:
     t0 = time.perf_counter()
     model, tok = load(cfg)
     load_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rows_b = []
-    for cand in cands:
-        model, row = adapt.fit_candidate(model, tok, task, records[cand.context], cand, cfg, 0, None)
-        rows_b.append(row)
-    res["b"] = time.perf_counter() - t0 + load_s
+    # (b) and (c) alternate, --repeats times, and each keeps its fastest: on a shared machine the
+    # load of other processes changes by the minute, and the minimum is the least disturbed run.
+    best: dict[str, tuple[float, list]] = {}
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        rows_b = []
+        for cand in cands:
+            model, row = adapt.fit_candidate(model, tok, task, records[cand.context], cand, cfg, 0, None)
+            rows_b.append(row)
+        took = time.perf_counter() - t0
+        if took < best.get("b", (float("inf"),))[0]:
+            best["b"] = (took, rows_b)
+        t0 = time.perf_counter()
+        rows_c = fit_shard(model, tok, task, records, cands, cfg, 0, None)
+        took = time.perf_counter() - t0
+        if took < best.get("c", (float("inf"),))[0]:
+            best["c"] = (took, rows_c)
+    (tb, rows_b), (tc, rows_c) = best["b"], best["c"]
+    res["b"], res["c"] = tb + load_s, tc + load_s
     fit_b = sum(sum(r["fit_s"]) for r in rows_b)
     print(f"(b) base once, fits then scores one by one: {res['b']:.1f} s, {60 * n / res['b']:.2f} candidates/min "
           f"(load {load_s:.2f} s, fits {fit_b:.1f} s, scoring {sum(sum(r['score_s']) for r in rows_b):.1f} s)")
-
-    t0 = time.perf_counter()
-    rows_c = fit_shard(model, tok, task, records, cands, cfg, 0, None)
-    res["c"] = time.perf_counter() - t0 + load_s
     fit_c = sum(sum(r["fit_s"]) for r in rows_c)
     print(f"(c) batched multi-LoRA, B={min(n * args.fits, args.candidates)}: {res['c']:.1f} s, "
           f"{60 * n / res['c']:.2f} candidates/min (load {load_s:.2f} s, fits {fit_c:.1f} s, "

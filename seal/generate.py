@@ -54,14 +54,14 @@ class TransformersGenerator:
         out: list[Completion] = []
         for start in range(0, len(prompts), params.batch_size):
             end = start + params.batch_size
-            if adapters is not None:
-                self.route(adapters[start:end])
-            out.extend(self._batch(prompts[start:end], seeds[start:end], params))
+            chunk = adapters[start:end] if adapters is not None else None
+            out.extend(self._batch(prompts[start:end], seeds[start:end], params, chunk))
         if adapters is not None:
             self.route(None)
         return out
 
-    def _batch(self, prompts: list[str], seeds: list[int], params: GenParams) -> list[Completion]:
+    def _batch(self, prompts: list[str], seeds: list[int], params: GenParams,
+               adapters: list[int] | None = None) -> list[Completion]:
         import torch
 
         tok, model = self.tokenizer, self.model
@@ -79,6 +79,9 @@ class TransformersGenerator:
         has_text = [False] * n
         past = None
         step_ids = ids
+        live = list(range(n))  # rows still decoding; finished ones leave the batch (and its cost)
+        if adapters is not None:
+            self.route(adapters)
         with torch.no_grad():
             for _ in range(params.max_new_tokens):
                 res = model(
@@ -87,10 +90,8 @@ class TransformersGenerator:
                 )
                 past = res.past_key_values
                 logits = res.logits[:, -1, :].float().cpu()
-                nxt = [eos if finished[i] else self._pick(logits[i], gens[i], params) for i in range(n)]
-                for i, t in enumerate(nxt):
-                    if finished[i]:
-                        continue
+                nxt = [self._pick(logits[j], gens[i], params) for j, i in enumerate(live)]
+                for i, t in zip(live, nxt, strict=True):
                     if t == eos:
                         finished[i] = True
                         continue
@@ -103,8 +104,16 @@ class TransformersGenerator:
                     new_tokens[i].append(t)
                 if all(finished):
                     break
+                keep = [j for j, i in enumerate(live) if not finished[i]]
+                if len(keep) < len(live):
+                    index = torch.tensor(keep, device=device)
+                    past.batch_select_indices(index)
+                    mask, pos = mask[index], pos[index]
+                    live, nxt = [live[j] for j in keep], [nxt[j] for j in keep]
+                    if adapters is not None:
+                        self.route([adapters[i] for i in live])
                 step_ids = torch.tensor(nxt, device=device).unsqueeze(1)
-                mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
+                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
                 pos = pos[:, -1:] + 1
         return [
             Completion(
