@@ -23,6 +23,7 @@ Adapters are written in peft's on-disk format, so peft and vLLM load them like a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -566,6 +567,9 @@ def _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, 
         comps = gen.generate(prompts, [0] * len(prompts), params, loras=[dirs[i] for i in owner])
         texts = [c.text for c in comps]
     else:
+        # One decoding batch may hold the probes of up to inner.max_batch adapters: rows that finish
+        # leave the batch, so a wide batch costs nothing extra and saves per-step overhead.
+        params = dataclasses.replace(params, batch_size=params.batch_size * cfg.inner.max_batch)
         by_shape: dict[tuple, list[int]] = {}
         for i, (_, _, fj) in enumerate(fits):
             by_shape.setdefault(shape_key(fj.lora), []).append(i)
