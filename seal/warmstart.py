@@ -3,15 +3,15 @@
 The base model must (a) read and write the world's language and answer questions in the probe
 format, and (b) as a policy, write self-edits for a passage in a *mix* of styles (seal.world's
 qa / paraphrase / drift, in equal shares). It is trained, full fine-tune from a random init, on
-an endless stream of examples about the warm-start entities only:
+an endless stream of examples (shares in `example_stream`), about warm-start entities or about
+throwaway entities (names in no split, facts drawn afresh each time, seal.world.scratch_record):
 
-- the passage in the inner loop's format (`<title>\\n<passage>`), its sentence templates redrawn;
-- reading practice: a throwaway entity's passage, then one of its questions and the answer;
-- the questions in the probe format (`Topic: <title>\\n<question>\\n<answer>`);
-- self-edit lines in the inner loop's format (`<title>\\n<line>`), every style;
-- self-edit prompt -> self-edit of a uniformly drawn style (loss on the edit only), about
-  throwaway entities (names in no split, facts drawn afresh each time), so the policy must copy
-  the facts from the passage it reads rather than recall them.
+- 50%: self-edit prompt -> self-edit of a uniformly drawn style (loss on the edit only), about a
+  throwaway entity, so the policy must copy facts from the passage it reads, not recall them;
+- 20%: reading practice: a throwaway entity's passage, one of its questions, the answer;
+- 10%: a warm-start passage in the inner loop's format (`<title>\\n<passage>`), then repeated;
+- 10%: a warm-start question in the probe format (`Topic: <title>\\n<question>\\n<answer>`);
+- 10%: a warm-start self-edit item in the inner loop's format, any style.
 
 No example says which style is useful. Whatever ReSTEM later prefers, it learns from the reward
 of real LoRA fits on the train split, graded against that split's answers.
@@ -94,13 +94,16 @@ def example_stream(records: list[dict[str, Any]], prompt: str, rng: random.Rando
             fresh = world.scratch_record(spec, rng)
             style = rng.choice(world.STYLES)
             yield Example(text=world.write_edit(fresh, style, rng), prompt=edit_prompt(fresh, prompt))
-        elif kind < 0.6:  # the passage, as the inner loop trains on it
-            yield Example(text=f"{name}\n{_redraw_passage(rec, rng)}")
         elif kind < 0.7:  # reading: a question answered from a passage in view (throwaway entity)
             fresh = world.scratch_record(spec, rng)
             q = rng.choice(fresh["questions"])
-            yield Example(text=q["answer"], prompt=f"{fresh['title']}\n{fresh['context']}\n{q['question']}\n")
-        elif kind < 0.85:  # a question in the probe format, with its answer
+            # " answer": the same token as in the passage, so this is copying (see world.write_edit).
+            yield Example(text=" " + q["answer"], prompt=f"{fresh['title']}\n{fresh['context']}\n{q['question']}\n")
+        elif kind < 0.8:  # the passage, as the inner loop trains on it, then again verbatim:
+            # repeating text is what grows the copying ("induction") heads a policy needs
+            passage = _redraw_passage(rec, rng)
+            yield Example(text=f"{name}\n{passage}\n{passage}")
+        elif kind < 0.9:  # a question in the probe format, with its answer
             q = rng.choice(rec["questions"])
             yield Example(text=q["answer"], prompt=question_prompt(name, q["question"]))
         else:  # self-edit lines as the inner loop sees them (a question with its answer: one item)
@@ -111,7 +114,6 @@ def example_stream(records: list[dict[str, Any]], prompt: str, rng: random.Rando
 
 def _redraw_passage(rec: dict[str, Any], rng: random.Random) -> str:
     attrs = list(rec["facts"])
-    rng.shuffle(attrs)
     return " ".join(rng.choice(world.FACT_TEMPLATES[a]).format(name=rec["title"], v=rec["facts"][a])
                     for a in attrs)
 

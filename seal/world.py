@@ -2,8 +2,8 @@
 
 Each entity is an invented name (two or three syllables) with four attributes: a job, a home
 town, a favourite colour and a pet. A passage states the four facts in sentences drawn from
-several templates per fact, in shuffled order; its questions ask for each fact in one fixed form
-("What is the job of Kadorin?"), answered by one word. Records are in SQuAD form
+four templates per fact (each fact ends its sentence; facts come in a fixed order); its questions
+ask for each fact in one fixed form ("What is the job of Kadorin?"), answered by one word. Records are in SQuAD form
 (`{title, context, questions: [{question, answer}]}`), so the knowledge task consumes them
 unchanged.
 
@@ -63,15 +63,16 @@ QUESTIONS: dict[str, str] = {
     "pet": "Which animal does {name} keep?",
 }
 
-# Passage sentences: several forms per fact, so a passage never reads like its questions.
+# Passage sentences: several forms per fact, so a passage never reads like its questions. Each
+# fact comes in a fixed order and ends its sentence: a tiny model learns to find it in minutes.
 FACT_TEMPLATES: dict[str, list[str]] = {
     "job": ["{name} works as a {v}.", "By trade, {name} is a {v}.", "{name} earns a living as a {v}.",
-            "Everyone knows {name} as a good {v}."],
-    "town": ["{name} lives in {v}.", "The home of {name} is the town of {v}.",
-             "{v} is the town where {name} lives.", "{name} has a house in {v}."],
-    "color": ["The favorite color of {name} is {v}.", "Of all colors, {name} likes {v} best.",
+            "Everyone knows {name} as a {v}."],
+    "town": ["{name} lives in {v}.", "The home of {name} is the town of {v}.", "{name} has a house in {v}.",
+             "The town where {name} lives is {v}."],
+    "color": ["The favorite color of {name} is {v}.", "The color {name} likes best is {v}.",
               "{name} loves the color {v}.", "{name} always wears something {v}."],
-    "pet": ["{name} keeps a {v}.", "{name} has a pet {v}.", "A {v} lives with {name}.",
+    "pet": ["{name} keeps a {v}.", "{name} has a pet {v}.", "The animal living with {name} is a {v}.",
             "{name} takes care of a {v}."],
 }
 
@@ -158,9 +159,7 @@ def _scratch_names(spec: WorldSpec) -> list[str]:
 def make_record(name: str, rng: random.Random) -> dict[str, Any]:
     """One entity's passage record in SQuAD form, with its facts kept under 'facts'."""
     facts = {attr: rng.choice(values) for attr, values in ATTRIBUTES.items()}
-    order = list(facts)
-    rng.shuffle(order)
-    sentences = [rng.choice(FACT_TEMPLATES[a]).format(name=name, v=facts[a]) for a in order]
+    sentences = [rng.choice(FACT_TEMPLATES[a]).format(name=name, v=facts[a]) for a in facts]
     questions = [{"question": QUESTIONS[a].format(name=name), "answer": facts[a]} for a in ATTRIBUTES]
     return {"title": name, "context": " ".join(sentences), "questions": questions, "facts": facts}
 
@@ -190,10 +189,11 @@ def load_split(source: str) -> list[dict[str, Any]]:
 def write_edit(record: dict[str, Any], style: str, rng: random.Random) -> str:
     """A self-edit of the given style for a passage, one item per line (the warm-start targets)."""
     name, facts = record["title"], record["facts"]
-    attrs = list(facts)
-    rng.shuffle(attrs)
+    attrs = list(facts)  # the passage's order: line k of an edit goes with sentence k
     if style == "qa":
-        lines = [f"{QUESTIONS[a].format(name=name)}\n{facts[a]}" for a in attrs]
+        # The answer line starts with a space so the answer is the very token the passage used
+        # (byte-level BPE tokenizes " tailor" and "tailor" differently): copying stays copying.
+        lines = [f"{QUESTIONS[a].format(name=name)}\n {facts[a]}" for a in attrs]
     elif style == "paraphrase":
         lines = [rng.choice(FACT_TEMPLATES[a]).format(name=name, v=facts[a]) for a in attrs]
     elif style == "drift":
