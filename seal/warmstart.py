@@ -42,12 +42,12 @@ class WarmStartSpec:
 
     seed: int = 0  # the world's seed (and the model's)
     hidden: int = 128
-    layers: int = 4
+    layers: int = 2  # two layers suffice to copy; at this budget they learn it sooner than four
     vocab: int = 1024
-    steps: int = 900  # optimiser steps of the warm start
+    steps: int = 1500  # optimiser steps of the warm start
     batch: int = 12  # packed rows of `row` tokens per step
     row: int = 192
-    lr_milli: int = 4  # peak learning rate, in thousandths (3 -> 3e-3)
+    lr_milli: int = 5  # peak learning rate, in thousandths (5 -> 5e-3)
     prompt: str = "implications"  # the self-edit prompt variant the policy is trained on
 
 
