@@ -207,12 +207,19 @@ def plot(result: dict[str, Any], out: str | Path) -> Path:
     ax1.plot(rounds, [r["mean_reward"] for r in result["rounds"]], marker="o", label="mean reward (loop)")
     ax1.plot(rounds, [r["max_reward"] for r in result["rounds"]], marker="^", label="max reward (loop)")
     ax1.plot(rounds, [r["mean_baseline"] for r in result["rounds"]], ls="--", label="un-adapted baseline")
-    ax1.set_xticks(rounds)
-    ax1.set_xlabel("ReSTEM round (edits sampled from the policy entering the round)")
+    # Held-out accuracy of each policy, at the round it enters (warm start: 0; after round r: r+1).
+    policy_rows = [r for r in result["rows"] if r.get("styles")]
+    xs = list(range(len(policy_rows)))
+    ax1.errorbar(xs, [r["mean"] for r in policy_rows], yerr=[r["std"] for r in policy_rows], marker="s",
+                 capsize=3, label="held-out accuracy, passage + edits (± std over seeds)")
+    passage = next(r for r in result["rows"] if r["name"] == "passage only")
+    ax1.axhline(passage["mean"], color="tab:red", ls=":", label="held-out accuracy, passage only")
+    ax1.set_xticks(xs)
+    ax1.set_xlabel("ReSTEM round (policy entering the round: 0 = warm start)")
     ax1.set_ylabel("reward (question accuracy)")
     ax1.set_ylim(0, 1)
     ax1.grid(alpha=0.3)
-    ax1.legend()
+    ax1.legend(fontsize=7)
     labels = [f"loop r{r['round']}" for r in result["rounds"]]
     shares = [r["styles"] for r in result["rounds"]]
     for row in result["rows"]:
