@@ -105,3 +105,14 @@ def test_cut_down_world_pipeline_produces_every_row(tmp_path):
     assert "final policy vs passage only" in text
     png = world_report.plot(result, tmp_path / "w.png")
     assert png.stat().st_size > 1000
+
+
+def test_qa_pairs_train_a_question_with_its_answer_in_the_probe_form():
+    rec = {"title": "Kamak", "context": "Kamak works as a baker."}
+    edit = "What is the job of Kamak?\n baker\nKamak keeps a cat.\nWhy?\nWhere?\nBrill"
+    assert knowledge.training_texts(rec, edit, with_passage=False, qa_pairs=True) == [
+        "Kamak\nWhat is the job of Kamak?\nbaker", "Kamak\nKamak keeps a cat.", "Kamak\nWhy?",
+        "Kamak\nWhere?\nBrill"]
+    assert len(knowledge.training_texts(rec, edit, with_passage=False)) == 6  # off: one line each
+    probe = knowledge.question_prompt("Kamak", "What is the job of Kamak?") + "baker"
+    assert probe.endswith(knowledge.training_texts(rec, edit, False, True)[0].split("\n", 1)[1])
