@@ -178,7 +178,7 @@ def build(out: str | Path, ws: WarmStartSpec, progress: bool = True) -> dict[str
         losses.append(float(loss.detach()))
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}", refresh=False)
     if bar is not None:
         bar.close()
     model.eval()
