@@ -36,6 +36,20 @@ def score_model(model: Any, tokenizer: Any, task: Any, record: dict[str, Any], c
     return tasks.score(task, TransformersGenerator(model, tokenizer), record, cfg.task, cfg.sampling.batch_size)
 
 
+def new_score_row(cand: Candidate, job: Any, fits: int) -> dict[str, Any]:
+    """The score row both trainers (sequential here, batched in multilora.py) fill in."""
+    row: dict[str, Any] = {
+        "context": cand.context, "k": cand.k, "examples": len(job.examples),
+        "rewards": [], "fit_s": [], "score_s": [], "losses": [], "answers": [],
+    }
+    if job.info:
+        row["job"] = job.info  # the task's reading of the edit (e.g. ARC: choices, clamps, data counts)
+    if job.skip:
+        # Not trained (e.g. an unparseable edit or one over the compute cap): reward 0, reason kept.
+        row.update(skip=job.skip, rewards=[0.0] * fits, reward=0.0)
+    return row
+
+
 def fit_candidate(
     model: Any,
     tokenizer: Any,
@@ -51,15 +65,8 @@ def fit_candidate(
     `adapters`, when given, receives each fit's adapter at `<context>/<k>/<fit>/`.
     """
     job = task.inner_job(record, cand.text, cfg.task, cfg.inner)
-    row: dict[str, Any] = {
-        "context": cand.context, "k": cand.k, "examples": len(job.examples),
-        "rewards": [], "fit_s": [], "score_s": [], "losses": [], "answers": [],
-    }
-    if job.info:
-        row["job"] = job.info  # the task's reading of the edit (e.g. ARC: choices, clamps, data counts)
+    row = new_score_row(cand, job, cfg.inner.fits)
     if job.skip:
-        # Not trained (e.g. an unparseable edit or one over the compute cap): reward 0, reason kept.
-        row.update(skip=job.skip, rewards=[0.0] * cfg.inner.fits, reward=0.0)
         return model, row
     for fit in range(cfg.inner.fits):
         seed = derive_seed(cfg.seed, "fit", round_, cand.context, cand.k, fit)

@@ -481,19 +481,15 @@ def fit_shard(model: Any, tokenizer: Any, task: Any, records: list[dict[str, Any
     routed transformers batches. `merged`: `model` is the base with a policy merged in (vLLM then
     serves a saved copy of it). fit_s and score_s are each fit's share of its batch's time.
     """
+    from seal.adapt import new_score_row
     from seal.seeds import derive_seed
     from seal.vllm_backend import resolve_backend
 
     rows, fits = [], []  # fits: (row index, fit, FitJob)
     for cand in cands:
         job = task.inner_job(records[cand.context], cand.text, cfg.task, cfg.inner)
-        row: dict[str, Any] = {
-            "context": cand.context, "k": cand.k, "examples": len(job.examples),
-            "rewards": [], "fit_s": [], "score_s": [], "losses": [], "answers": [],
-        }
-        if job.skip:
-            row.update(skip=job.skip, rewards=[0.0] * cfg.inner.fits, reward=0.0)
-        else:
+        row = new_score_row(cand, job, cfg.inner.fits)
+        if not job.skip:
             for f in range(cfg.inner.fits):
                 seed = derive_seed(cfg.seed, "fit", round_, cand.context, cand.k, f)
                 fits.append((len(rows), f, FitJob(list(job.examples), job.lora, seed)))
