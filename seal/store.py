@@ -65,6 +65,26 @@ def open_store(uri: str) -> Store:
     return FileStore(uri, Path(uri))
 
 
+def read_json_file(source: str, what: str) -> Any:
+    """A JSON input file (data sets, task files) from a local path or a store URI.
+
+    `what` names the config key in errors: missing -> ConfigError, malformed -> DataError.
+    """
+    if "://" in source:
+        parent, _, name = source.rpartition("/")
+        raw = open_store(parent).read_bytes(name)
+    else:
+        try:
+            with open(source, "rb") as f:
+                raw = f.read()
+        except (FileNotFoundError, IsADirectoryError):
+            raise ConfigError(f"{what} file not found: {source}: fix the path in the config") from None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{what} {source} is not valid JSON: {e}") from None
+
+
 def _line(message: object) -> str:
     """A server's or library's message squeezed onto one line (ours must stay one line)."""
     return " ".join(str(message).split())

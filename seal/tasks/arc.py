@@ -42,22 +42,9 @@ Pair = dict[str, Grid]  # {"input": grid, "output": grid}
 
 
 def _read_json(source: str, what: str) -> Any:
-    """A JSON file from a local path or an s3:// URI; missing -> ConfigError, malformed -> DataError."""
-    if "://" in source:
-        from seal.store import open_store
+    from seal.store import read_json_file
 
-        parent, _, name = source.rpartition("/")
-        raw = open_store(parent).read_bytes(name)
-    else:
-        try:
-            with open(source, "rb") as f:
-                raw = f.read()
-        except (FileNotFoundError, IsADirectoryError):
-            raise ConfigError(f"{what} file not found: {source}: fix the path in the config") from None
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{what} {source} is not valid JSON: {e}") from None
+    return read_json_file(source, what)
 
 
 def _builtin(name: str, kind: str) -> Any:
