@@ -347,17 +347,22 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
         raise ConfigError(_describe_error(e)) from None
 
 
+def read_yaml(path: Path, what: str, fix: str) -> Any:
+    """A YAML file's content; a missing file or bad YAML is a one-line ConfigError naming it."""
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}: {fix}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}".splitlines()[0]) from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (None: all defaults), apply `key=value` overrides, and validate."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}: pass the path of a YAML run config")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}".splitlines()[0]) from None
+        loaded = read_yaml(p, "config file", "pass the path of a YAML run config")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping of keys to values")
         data = loaded or {}

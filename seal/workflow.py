@@ -15,9 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from seal.config import RunConfig
+from seal.config import RunConfig, read_yaml
 from seal.errors import ConfigError
 
 ETCD_LIMIT = 1024 * 1024  # Argo's default MAX_WORKFLOW_SIZE, etcd's request limit (1.5 MiB) aside
@@ -31,12 +29,7 @@ def default_workflow_path() -> Path:
 
 def load_workflow(path: str | Path | None = None) -> dict[str, Any]:
     p = Path(path) if path else default_workflow_path()
-    if not p.is_file():
-        raise ConfigError(f"workflow file not found: {p}: pass --workflow PATH (workflows/restem.yaml)")
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"workflow file {p} is not valid YAML: {e}".splitlines()[0]) from None
+    doc = read_yaml(p, "workflow file", "pass --workflow PATH (workflows/restem.yaml)")
     if not isinstance(doc, dict) or doc.get("kind") != "Workflow":
         raise ConfigError(f"workflow file {p} is not an Argo Workflow (kind: Workflow)")
     return doc
