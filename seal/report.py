@@ -54,6 +54,13 @@ def plot_rewards(rows: list[dict[str, Any]], out: str | Path) -> Path:
     ax.set_xticks(rounds)
     ax.legend()
     ax.grid(alpha=0.3)
+    return save_figure(fig, out)
+
+
+def save_figure(fig: Any, out: str | Path) -> Path:
+    """Write a matplotlib figure as PNG (parent folders created) and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

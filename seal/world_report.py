@@ -236,12 +236,9 @@ def plot(result: dict[str, Any], out: str | Path) -> Path:
     ax2.set_ylabel("share of self-edits")
     ax2.set_title("edit styles per round")
     ax2.legend()
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    from seal.report import save_figure
+
+    return save_figure(fig, out)
 
 
 def dump(result: dict[str, Any]) -> str:
