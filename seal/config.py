@@ -211,9 +211,11 @@ class InnerLoopConfig(LoraConfig):
         "transformers batches). Needs lora dropout 0 for exact equality.",
     )
     memory_budget_mb: int = Field(
-        4096, ge=1,
+        0, ge=0,
         description="inner.batched: memory the concurrent fits may take (adapters, AdamW state, "
-        "activations, logits; estimated by seal.multilora.bytes_per_adapter); B is chosen from it.",
+        "activations, logits; estimated by seal.multilora.bytes_per_adapter); B is chosen from it. "
+        "0: half the memory free on the model's device when the fits start (GPU: as the driver "
+        "reports it; CPU: MemAvailable).",
     )
     max_batch: int = Field(16, ge=1, description="inner.batched: most adapters trained at once (B's cap).")
 

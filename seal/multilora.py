@@ -273,9 +273,37 @@ def bytes_per_adapter(model: Any, lora: LoraConfig, tokens: int) -> int:
     return 16 * lora_params + lora.batch_size * tokens * per_token
 
 
+# inner.memory_budget_mb=0: this share of the memory free when the fits start. The rest covers the
+# estimate's error, the scoring that follows and, on a CPU, everything else the machine runs.
+AUTO_BUDGET_SHARE = 0.5
+
+
+def free_memory_bytes(device: Any) -> int:
+    """Memory free now: on a GPU what the driver reports, on a CPU the kernel's MemAvailable."""
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # not Linux: free pages
+
+
+def budget_bytes(model: Any, budget_mb: int) -> int:
+    """inner.memory_budget_mb in bytes; 0 means AUTO_BUDGET_SHARE of the model's device's free memory."""
+    if budget_mb > 0:
+        return budget_mb * 2**20
+    return int(AUTO_BUDGET_SHARE * free_memory_bytes(next(model.parameters()).device))
+
+
 def choose_batch(model: Any, lora: LoraConfig, tokens: int, budget_mb: int, cap: int) -> int:
-    """B: as many adapters as fit the memory budget, at least 1, at most `cap`."""
-    return max(1, min(cap, (budget_mb * 2**20) // max(1, bytes_per_adapter(model, lora, tokens))))
+    """B: as many adapters as fit the memory budget (0: auto), at least 1, at most `cap`."""
+    return max(1, min(cap, budget_bytes(model, budget_mb) // max(1, bytes_per_adapter(model, lora, tokens))))
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -424,6 +452,7 @@ class _StackedAdamW:
     def step(self, active: list[int]) -> None:
         import torch
 
+        everyone = len(active) == len(self.lr)
         idx = torch.tensor(active, device=self.device)
         self.step_count[active] += 1
         t = self.step_count[active]
@@ -438,6 +467,14 @@ class _StackedAdamW:
                     continue
                 view = (-1,) + (1,) * (p.dim() - 1)
                 dt = dict(device=p.device, dtype=p.dtype)
+                if everyone:  # the common case: the same arithmetic in place, without the copies
+                    g = p.grad
+                    p.mul_(decay.to(**dt).view(view))
+                    m.lerp_(g, 1 - BETA1)
+                    v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
+                    denom = (v.sqrt() / bc2_sqrt.to(**dt).view(view)).add_(EPS)
+                    p.sub_(step_size.to(**dt).view(view) * m / denom)
+                    continue
                 g = p.grad[idx]
                 pa = p[idx] * decay.to(**dt).view(view)
                 ma = m[idx].lerp(g, 1 - BETA1)
@@ -513,6 +550,10 @@ def fit_shard(model: Any, tokenizer: Any, task: Any, records: list[dict[str, Any
             share = (time.perf_counter() - t0) / len(chunk)
             for i, res in zip(chunk, out, strict=True):
                 results[i], fit_s[i] = res, share
+    if next(model.parameters()).device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()  # hand the fits' activations back, for a vLLM engine started next
 
     import tempfile
 

@@ -110,6 +110,21 @@ def test_memory_budget_picks_batch(tiny_model):
     assert 1 <= small < big
 
 
+def test_auto_memory_budget_is_half_the_free_memory(tiny_model, monkeypatch):
+    """inner.memory_budget_mb=0 sizes B from the device's free memory (here the CPU's MemAvailable)."""
+    from seal import multilora
+
+    model, _ = tiny_model
+    free = multilora.free_memory_bytes(next(model.parameters()).device)
+    assert 0 < free < 2**50  # read from /proc/meminfo, in bytes
+    assert multilora.budget_bytes(model, 7) == 7 * 2**20
+    lora = LoraConfig(rank=4, alpha=8)
+    per = multilora.bytes_per_adapter(model, lora, 128)
+    monkeypatch.setattr(multilora, "free_memory_bytes", lambda device: 2 * 5 * per)  # room for 5
+    assert multilora.budget_bytes(model, 0) == 5 * per
+    assert choose_batch(model, lora, 128, budget_mb=0, cap=100) == 5
+
+
 def _run(store, *extra):
     from conftest import tiny_overrides
 
