@@ -88,4 +88,5 @@ def fit_candidate(
         row["fit_s"].append(round(t1 - t0, 4))
         row["score_s"].append(round(t2 - t1, 4))
     row["reward"] = sum(row["rewards"]) / len(row["rewards"])
+    row["trainer"] = "sequential"
     return model, row

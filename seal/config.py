@@ -204,11 +204,12 @@ class InnerLoopConfig(LoraConfig):
         description="Which fitted adapters stay in the store: all, only the kept edits', or none.",
     )
     batched: bool = Field(
-        False,
+        True,
         description="Fit a shard's candidates B at a time with the batched multi-LoRA trainer "
         "(seal.multilora: one forward/backward advances B fits; adapters equal sequential fits to "
         "float tolerance), then answer all adapters' probes in one call (vLLM LoRARequests or routed "
-        "transformers batches). Needs lora dropout 0 for exact equality.",
+        "transformers batches). Needs lora dropout 0 for exact equality. false: one candidate "
+        "after another through peft (the reference implementation's way).",
     )
     memory_budget_mb: int = Field(
         0, ge=0,

@@ -72,6 +72,7 @@ class Runtime:
         """The model acting in round r: the base with round r-1's policy adapter merged in."""
         if self._model_round != round_:
             self._model = None  # free the previous round's weights before loading new ones
+            t0 = time.perf_counter()
             model = self.load_base()
             if round_ > 0 and policy_has_adapter(self.run, round_ - 1):
                 from peft import PeftModel
@@ -80,6 +81,8 @@ class Runtime:
                     self.run.get_dir(rkey(round_ - 1, "policy"), tmp)
                     model = PeftModel.from_pretrained(model, tmp).merge_and_unload()
                 model.eval()
+            # A pod's fixed cost: compare it with the stage's time to size shards (shards.*_size).
+            log.info("round %d model loaded in %.1f s", round_, time.perf_counter() - t0)
             self._model, self._model_round = model, round_
         return self._model
 

@@ -138,14 +138,15 @@ def _run(store, *extra):
 @pytest.mark.slow
 def test_batched_adapt_stage_matches_sequential(tmp_path):
     """`inner.batched` gives the same score rows and adapters (in peft format) as the sequential loop."""
-    seq = _run(str(tmp_path / "seq"))
+    seq = _run(str(tmp_path / "seq"), "inner.batched=false")
     bat = _run(str(tmp_path / "bat"), "inner.batched=true", "inner.max_batch=4")
     for r in range(1):
         plan = seq.read_json(f"round-{r}/plan.json")
         for a in range(len(plan["adapt_shards"])):
             key = f"round-{r}/scores/{a:05d}.jsonl"
             for s, b in zip(seq.read_jsonl(key), bat.read_jsonl(key), strict=True):
-                assert b["trainer"] == "batched" and b["score_backend"] == "transformers"
+                assert s["trainer"] == "sequential" and b["trainer"] == "batched"
+                assert b["score_backend"] == "transformers"
                 assert (s["context"], s["k"], s["examples"]) == (b["context"], b["k"], b["examples"])
                 assert s["rewards"] == b["rewards"] and s["answers"] == b["answers"] and s["baseline"] == b["baseline"]
                 assert len(b["fit_s"]) == len(b["score_s"]) == 2
