@@ -89,6 +89,10 @@ def pod_worker(args: argparse.Namespace) -> None:
     """A pod of the adapt stage: what `seal adapt --run URI --round 0 --shard 0` runs, with the
     model load timed apart. Prints its timings as JSON."""
     t0 = time.time()
+    import peft  # noqa: F401  (what loading and fitting import anyway, timed apart from the weights)
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
     from seal import stages
     from seal.cli import _runtime
 
@@ -132,9 +136,35 @@ def pod_arms(args: argparse.Namespace) -> None:
             t = json.loads(out.strip().splitlines()[-1])
             wall = t["done"] - spawn
             start, load, work = t["imported"] - spawn, t["loaded"] - t["imported"], t["done"] - t["loaded"]
-            print(f"pod ({arm}) inner.batched={batched}: {wall:.1f} s; start and imports {start:.2f} s, "
-                  f"model load {load:.2f} s, fits and scoring {work:.1f} s: model load {load / wall:.1%} of "
-                  f"the pod's wall time, start + imports + load {(start + load) / wall:.1%}")
+            print(f"pod ({arm}) inner.batched={batched}: {wall:.1f} s; Python start and imports (torch, "
+                  f"transformers, peft, seal) {start:.2f} s, model load {load:.2f} s, baselines, fits and scoring "
+                  f"{work:.1f} s: model load {load / wall:.1%} of the pod's wall time, start + imports + load "
+                  f"{(start + load) / wall:.1%}")
+
+
+def headroom(model, rows: list[int], b: int, repeats: int = 5) -> tuple[float, float]:
+    """Seconds per token of a frozen-base forward/backward at batch 1 and at batch b, rows of the
+    inner loop's mean length: the most any batching of batch-1 fits can gain on this machine."""
+    import torch
+
+    length = max(1, round(sum(rows) / len(rows)))
+    emb = model.get_input_embeddings()
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    out = []
+    for n in (1, b):
+        ids = torch.randint(0, model.config.vocab_size, (n, length), device=emb.weight.device)
+        took = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            x = emb(ids).detach().requires_grad_(True)  # a gradient path like the LoRA layers open
+            model(inputs_embeds=x).logits.float().logsumexp(-1).sum().backward()
+            took = min(took, time.perf_counter() - t0)
+        out.append(took / (n * length))
+    for p, flag in zip(model.parameters(), flags, strict=True):
+        p.requires_grad_(flag)
+    return out[0], out[1]
 
 
 def main() -> None:
@@ -237,6 +267,16 @@ def main() -> None:
     print(f"c/b = {tb / tc:.1f}x (fits {fit_b / fit_c:.1f}x, scoring "
           f"{sum(sum(r['score_s']) for r in rows_b) / max(1e-9, sum(sum(r['score_s']) for r in rows_c)):.1f}x); "
           f"with the one model load counted in both: {(tb + load_s) / (tc + load_s):.1f}x")
+    from seal.train import encode
+
+    lengths = [len(encode(tok, ex, cfg.model.max_length)[0]) for c in cands
+               for ex in task.inner_job(records[c.context], c.text, cfg.task, cfg.inner).examples]
+    one, many = headroom(model, lengths, args.max_batch)
+    mean = sum(lengths) / len(lengths)
+    print(f"this machine's headroom for batching: a frozen-base forward/backward takes {1e3 * one:.3f} ms per "
+          f"token at batch 1 and {1e3 * many:.3f} ms at batch {args.max_batch} (rows of {mean:.0f} tokens): "
+          f"{one / many:.1f}x is what batching gains on the model's own compute here (the trainers' per-step "
+          f"overheads aside)")
     if not args.skip_pods:
         pod_arms(args)
 

@@ -88,7 +88,7 @@ def test_submit_through_argo_server_sends_restem_with_the_runs_parameters(argo, 
     defaults = params_of(load_workflow())
     defaults.pop("config")
     assert params == {**defaults, "store": "s3://bucket/runs", "run-id": "r1", "rounds": "3",
-                      "sample-shard-size": "10", "adapt-shard-size": "5", "image": "ghcr.io/me/seal:1",
+                      "sample-shard-size": "10", "adapt-shard-size": "16", "image": "ghcr.io/me/seal:1",
                       "adapt-gpus": "2", "adapt-node-selector": '{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}'}
     # everything but the parameter values is restem.yaml itself
     sent, original = json.loads(json.dumps(wf)), load_workflow()

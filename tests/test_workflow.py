@@ -165,7 +165,7 @@ def test_paper_scale_dry_run_is_well_under_etcds_limit(capsys, wf):
     assert main(["plan", "--dry-run", "--config", *PAPER]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:8]}
-    assert rows["sample"][1:4] == ["207", "64", "128"] and rows["adapt"][1:4] == ["2067", "64", "128"]
+    assert rows["sample"][1:4] == ["207", "64", "128"] and rows["adapt"][1:4] == ["646", "64", "128"]
     kb = int(re.search(r"estimated workflow object: ([\d,]+) KB", out).group(1).replace(",", ""))
     assert 100 < kb < 512, out
     # restem.yaml's comment quotes this output: it must not go stale.
@@ -179,9 +179,9 @@ def test_paper_scale_dry_run_is_well_under_etcds_limit(capsys, wf):
 def test_estimate_grows_with_pods_and_submit_refuses_an_oversized_workflow(wf, capsys):
     cfg = load_config(SQUAD, ["contexts_per_round=2067", "store=s3://b/runs"])
     capped = estimate_size(cfg, wf, 64)
-    uncapped = estimate_size(cfg, wf, None)  # one pod per shard: 207 + 2067 pods a round
-    assert uncapped["pods"] == 2 * (1 + 207 + 2067 + 1) + 2 and capped["pods"] == 2 * (1 + 64 + 64 + 1) + 2
-    assert uncapped["total"] > 4 * 2**20 and capped["total"] < 2**19
+    uncapped = estimate_size(cfg, wf, None)  # one pod per shard: 207 + 646 pods a round
+    assert uncapped["pods"] == 2 * (1 + 207 + 646 + 1) + 2 and capped["pods"] == 2 * (1 + 64 + 64 + 1) + 2
+    assert uncapped["total"] > 2 * 2**20 and capped["total"] < 2**19
     code = main(["submit", SQUAD, "--set", "contexts_per_round=2067",
                  "--set", "store=s3://b/runs", "-p", "max-pods-per-stage=100000", "--argo-server", "http://127.0.0.1:9"])
     err = capsys.readouterr().err.strip().splitlines()
