@@ -111,16 +111,19 @@ def pod_arms(args: argparse.Namespace) -> None:
     from seal import stages
     from seal.config import ShardConfig, load_config
     from seal.store import open_store
+    from seal.tasks import get_task
 
     size = ShardConfig().adapt_size
+    contexts = min(size, len(get_task("knowledge").load_contexts(load_config(None, overrides(args)).task)))
+    k = -(-size // contexts)
     print(f"pods: one adapt shard of the default shards.adapt_size={size} candidates "
-          f"({size} contexts x 1 self-edit sampled by the model, {args.pod_edit_tokens} tokens), "
+          f"({contexts} contexts x {k} self-edits sampled by the model, {args.pod_edit_tokens} tokens each), "
           f"each pod timed from spawn to exit")
     with tempfile.TemporaryDirectory(prefix="seal-bench-pod-") as tmp:
         for arm, batched in (("b", "false"), ("c", "true")):
             uri = f"{tmp}/{arm}"
-            cfg = load_config(None, [*overrides(args), f"inner.batched={batched}", f"contexts_per_round={size}",
-                                     "edits_per_context=1", f"sampling.max_new_tokens={args.pod_edit_tokens}",
+            cfg = load_config(None, [*overrides(args), f"inner.batched={batched}", f"contexts_per_round={contexts}",
+                                     f"edits_per_context={k}", f"sampling.max_new_tokens={args.pod_edit_tokens}",
                                      "sampling.backend=transformers", "inner.keep_adapters=all"])
             run = open_store(uri)
             stages.init_run(run, cfg)
@@ -129,7 +132,7 @@ def pod_arms(args: argparse.Namespace) -> None:
             for s in range(len(plan["sample_shards"])):
                 stages.sample_shard(rt, 0, s)
             rt.release()
-            assert len(plan["adapt_shards"]) == 1, plan["adapt_shards"]
+            assert len(plan["adapt_shards"][0]) == size, plan["adapt_shards"]  # the pods time shard 0
             cmd = [sys.executable, __file__, "--pod-run", uri] + sys.argv[1:]
             spawn = time.time()
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

@@ -259,7 +259,7 @@ class MStepConfig(LoraConfig):
 class ShardConfig(Section):
     sample_size: int = Field(8, ge=1, description="Contexts per sampling shard (one pod each).")
     adapt_size: int = Field(
-        16, ge=1,
+        32, ge=1,
         description="Candidates (context, k) per adaptation shard. Each pod loads the model once per "
         "shard (or range of shards), so a shard should hold enough work to make that load a small "
         "share, and with inner.batched several batches of fits (adapt_size x inner.fits >= 2 B); "
