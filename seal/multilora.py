@@ -375,8 +375,9 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int) 
             opt.zero_grad()
             losses[active].sum().backward()
             opt.step(active)
+            values = losses.detach().tolist()  # one device sync per pass, not one per adapter
             for i in active:
-                value = float(losses[i].detach())
+                value = values[i]
                 st = stats[i]
                 if st["steps"] == 0:
                     st["first_loss"] = value
@@ -509,13 +510,16 @@ def generate_routed(model: Any, tokenizer: Any, adapters: list[tuple[dict[str, t
 
 
 def fit_shard(model: Any, tokenizer: Any, task: Any, records: list[dict[str, Any]], cands: list[Any],
-              cfg: Any, round_: int, adapters: Any = None, merged: bool = False) -> list[dict[str, Any]]:
+              cfg: Any, round_: int, adapters: Any = None, merged: bool = False,
+              baselines: bool = False) -> list[dict[str, Any]]:
     """Score rows for `cands` (seal.adapt.Candidate), in order, in fit_candidate's form.
 
     All F fits of all candidates are trained B at a time (grouped by adapter shape, B from
     inner.memory_budget_mb), saved in peft format (and to `adapters` at <context>/<k>/<fit>/), then
     every adapted model's probes are answered in one call: vLLM with one LoRARequest per prompt, or
-    routed transformers batches. `merged`: `model` is the base with a policy merged in (vLLM then
+    routed transformers batches. `baselines`: the unadapted model's answers for each context ride
+    in the same call, and its score is each row's "baseline" (when there was a call: not when every
+    candidate was skipped). `merged`: `model` is the base with a policy merged in (vLLM then
     serves a saved copy of it). fit_s and score_s are each fit's share of its batch's time.
     """
     from seal.adapt import new_score_row
@@ -567,8 +571,12 @@ def fit_shard(model: Any, tokenizer: Any, task: Any, records: list[dict[str, Any
                 adapters.put_dir(f"{rows[r]['context']}/{rows[r]['k']}/{f}", d)
             dirs.append(d)
         t0 = time.perf_counter()
-        outputs = _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, backend, merged)
+        base_contexts = sorted({row["context"] for row in rows}) if baselines else []
+        outputs = _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, backend, merged,
+                             base_contexts)
         score_share = (time.perf_counter() - t0) / len(fits)
+    base_scores = {c: task.grade_outputs(records[c], outputs[len(fits) + j], cfg.task)["score"]
+                   for j, c in enumerate(base_contexts)}
     for i, (r, _, _) in enumerate(fits):
         row = rows[r]
         graded = task.grade_outputs(records[row["context"]], outputs[i], cfg.task)
@@ -582,15 +590,20 @@ def fit_shard(model: Any, tokenizer: Any, task: Any, records: list[dict[str, Any
         if "reward" not in row:
             row["reward"] = sum(row["rewards"]) / len(row["rewards"])
         row["trainer"], row["score_backend"] = "batched", backend
+        if row["context"] in base_scores:
+            row["baseline"] = base_scores[row["context"]]
     return rows
 
 
-def _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, backend, merged) -> list[list[str]]:
-    """Every fit's probe answers, from one generation call per backend (per adapter shape on the
-    transformers path)."""
-    prompts, owner = [], []
-    for i, (r, _, _) in enumerate(fits):
-        ps = task.probe_prompts(records[rows[r]["context"]], cfg.task)
+def _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, backend, merged,
+               base_contexts) -> list[list[str]]:
+    """Every fit's probe answers, then those of the model without an adapter for each of
+    `base_contexts` (the baselines), from one generation call per backend (per adapter shape on
+    the transformers path, the baselines riding with the first shape as an all-zero adapter)."""
+    prompts, owner = [], []  # owner: a fit's index, or len(fits) + j for base_contexts[j]
+    sources = [rows[r]["context"] for r, _, _ in fits] + list(base_contexts)
+    for i, c in enumerate(sources):
+        ps = task.probe_prompts(records[c], cfg.task)
         prompts += ps
         owner += [i] * len(ps)
     params = task.probe_params(cfg.task, cfg.sampling.batch_size)
@@ -601,7 +614,8 @@ def _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, 
 
         path = model_dir(model, tokenizer) if merged else resolve_model(cfg.model.base)
         gen = VllmGenerator(get_engine(path, cfg))
-        comps = gen.generate(prompts, [0] * len(prompts), params, loras=[dirs[i] for i in owner])
+        comps = gen.generate(prompts, [0] * len(prompts), params,
+                             loras=[dirs[i] if i < len(fits) else None for i in owner])
         texts = [c.text for c in comps]
     else:
         # One decoding batch may hold the probes of up to inner.max_batch adapters: rows that finish
@@ -610,15 +624,20 @@ def _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, 
         by_shape: dict[tuple, list[int]] = {}
         for i, (_, _, fj) in enumerate(fits):
             by_shape.setdefault(shape_key(fj.lora), []).append(i)
-        for members in by_shape.values():
+        for g, members in enumerate(by_shape.values()):
             slot = {i: n for n, i in enumerate(members)}
-            pick = [p for p, i in enumerate(owner) if i in slot]
             adapters = [(results[i].weights, fits[i][2].lora.alpha / fits[i][2].lora.rank) for i in members]
+            if g == 0 and base_contexts:
+                # The base model is one more adapter whose update is exactly zero (0 * finite = 0).
+                zero = {name: (a.new_zeros(a.shape), b.new_zeros(b.shape)) for name, (a, b) in adapters[0][0].items()}
+                slot.update({len(fits) + j: len(adapters) for j in range(len(base_contexts))})
+                adapters.append((zero, 0.0))
+            pick = [p for p, i in enumerate(owner) if i in slot]
             comps = generate_routed(model, tokenizer, adapters, fits[members[0]][2].lora,
                                     [prompts[p] for p in pick], [slot[owner[p]] for p in pick], params)
             for p, c in zip(pick, comps, strict=True):
                 texts[p] = c.text
-    out: list[list[str]] = [[] for _ in fits]
+    out: list[list[str]] = [[] for _ in sources]
     for p, i in enumerate(owner):
         out[i].append(texts[p])
     return out

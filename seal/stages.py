@@ -242,16 +242,19 @@ def adapt_shard(rt: Runtime, round_: int, shard: int, progress: Any = None) -> b
 
         cands = [Candidate(context=c, k=k, text=edits[(c, k)]["text"]) for c, k in pairs]
         merged = round_ > 0 and policy_has_adapter(rt.run, round_ - 1)
-        fitted = iter(fit_shard(model, rt.tokenizer, rt.task, rt.records, cands, cfg, round_, adapters, merged))
+        fitted = iter(fit_shard(model, rt.tokenizer, rt.task, rt.records, cands, cfg, round_, adapters, merged,
+                                baselines=True))
     for c, k in pairs:
         record = rt.records[c]
-        if c not in baselines:
-            baselines[c] = score_model(model, rt.tokenizer, rt.task, record, cfg)["score"]
         if cfg.inner.batched:
-            row = next(fitted)
+            row = next(fitted)  # with its "baseline" when the shard's one scoring call answered it
         else:
             cand = Candidate(context=c, k=k, text=edits[(c, k)]["text"])
             model, row = fit_candidate(model, rt.tokenizer, rt.task, record, cand, cfg, round_, adapters)
+        if c not in baselines:
+            baselines[c] = row.get("baseline", None)
+            if baselines[c] is None:
+                baselines[c] = score_model(model, rt.tokenizer, rt.task, record, cfg)["score"]
         row["baseline"] = baselines[c]
         rows.append(row)
         metrics.inner_fits(cfg.task.name, row["fit_s"], row["reward"])

@@ -136,9 +136,17 @@ def _run(store, *extra):
 
 
 @pytest.mark.slow
-def test_batched_adapt_stage_matches_sequential(tmp_path):
-    """`inner.batched` gives the same score rows and adapters (in peft format) as the sequential loop."""
+def test_batched_adapt_stage_matches_sequential(tmp_path, monkeypatch):
+    """`inner.batched` gives the same score rows and adapters (in peft format) as the sequential
+    loop, baselines included, though those come from the shard's one scoring call."""
+    from seal import stages
+
     seq = _run(str(tmp_path / "seq"), "inner.batched=false")
+
+    def no_separate_call(*args, **kwargs):
+        raise AssertionError("the batched adapt stage scored a baseline in a call of its own")
+
+    monkeypatch.setattr(stages, "score_model", no_separate_call)
     bat = _run(str(tmp_path / "bat"), "inner.batched=true", "inner.max_batch=4")
     for r in range(1):
         plan = seq.read_json(f"round-{r}/plan.json")
