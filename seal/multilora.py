@@ -509,6 +509,35 @@ def generate_routed(model: Any, tokenizer: Any, adapters: list[tuple[dict[str, t
 # --- a shard of candidates: batched fits, then one scoring call -----------------------------------
 
 
+def fit_jobs(model: Any, tokenizer: Any, jobs: list[FitJob], inner: Any,
+             max_length: int) -> tuple[list[FitResult], list[float]]:
+    """Every job's adapter, B at a time (grouped by adapter shape; B from inner.memory_budget_mb,
+    at most inner.max_batch), and each job's share of its batch's seconds."""
+    results: list[Any] = [None] * len(jobs)
+    seconds = [0.0] * len(jobs)
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(shape_key(job.lora), []).append(i)
+    for members in groups.values():
+        lora = jobs[members[0]].lora
+        tokens = max(len(encode(tokenizer, ex, max_length)[0]) for i in members for ex in jobs[i].examples)
+        b = choose_batch(model, lora, tokens, inner.memory_budget_mb, inner.max_batch)
+        log.info("batched inner loop: %d fits of rank %d in batches of %d", len(members), lora.rank, b)
+        for start in range(0, len(members), b):
+            chunk = members[start: start + b]
+            t0 = time.perf_counter()
+            out = train_many(model, tokenizer, [jobs[i] for i in chunk], max_length)
+            share = (time.perf_counter() - t0) / len(chunk)
+            for i, res in zip(chunk, out, strict=True):
+                results[i], seconds[i] = res, share
+    if next(model.parameters()).device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()  # hand the fits' activations back, for a vLLM engine started next
+    return results, seconds
+
+
+
 def fit_shard(model: Any, tokenizer: Any, task: Any, records: list[dict[str, Any]], cands: list[Any],
               cfg: Any, round_: int, adapters: Any = None, merged: bool = False,
               baselines: bool = False) -> list[dict[str, Any]]:
@@ -537,27 +566,7 @@ def fit_shard(model: Any, tokenizer: Any, task: Any, records: list[dict[str, Any
         rows.append(row)
     if not fits:
         return rows
-    results: dict[int, FitResult] = {}
-    fit_s: dict[int, float] = {}
-    groups: dict[tuple, list[int]] = {}
-    for i, (_, _, fj) in enumerate(fits):
-        groups.setdefault(shape_key(fj.lora), []).append(i)
-    for members in groups.values():
-        lora = fits[members[0]][2].lora
-        tokens = max(len(encode(tokenizer, ex, cfg.model.max_length)[0]) for i in members for ex in fits[i][2].examples)
-        b = choose_batch(model, lora, tokens, cfg.inner.memory_budget_mb, cfg.inner.max_batch)
-        log.info("batched inner loop: %d fits of rank %d in batches of %d", len(members), lora.rank, b)
-        for start in range(0, len(members), b):
-            chunk = members[start: start + b]
-            t0 = time.perf_counter()
-            out = train_many(model, tokenizer, [fits[i][2] for i in chunk], cfg.model.max_length)
-            share = (time.perf_counter() - t0) / len(chunk)
-            for i, res in zip(chunk, out, strict=True):
-                results[i], fit_s[i] = res, share
-    if next(model.parameters()).device.type == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()  # hand the fits' activations back, for a vLLM engine started next
+    results, fit_s = fit_jobs(model, tokenizer, [fj for _, _, fj in fits], cfg.inner, cfg.model.max_length)
 
     import tempfile
 

@@ -59,10 +59,13 @@ def incorporate(model: Any, tok: Any, records: list[dict], edits: list[str] | No
     from seal.generate import TransformersGenerator
     from seal.tasks import knowledge
 
+    texts_of = [knowledge.training_texts(rec, edits[i] if edits is not None else "", with_passage, cfg.task.qa_pairs)
+                for i, rec in enumerate(records)]
+    if cfg.inner.batched and records and all(texts_of):
+        return _incorporate_batched(model, tok, records, texts_of, cfg, seed)
     scores = []
     for i, rec in enumerate(records):
-        edit = edits[i] if edits is not None else ""
-        texts = knowledge.training_texts(rec, edit, with_passage, cfg.task.qa_pairs)
+        texts = texts_of[i]
         if not texts:
             scores.append(tasks.score(knowledge, TransformersGenerator(model, tok), rec, cfg.task,
                                       cfg.sampling.batch_size)["score"])
@@ -75,6 +78,34 @@ def incorporate(model: Any, tok: Any, records: list[dict], edits: list[str] | No
                                   cfg.sampling.batch_size)["score"])
         model = peft_model.unload()
     return scores
+
+
+def _incorporate_batched(model: Any, tok: Any, records: list[dict], texts_of: list[list[str]], cfg: RunConfig,
+                        seed: int) -> list[float]:
+    """incorporate's fits with the batched multi-LoRA trainer (the same seeds, so the same adapters
+    to float tolerance), and every passage's questions answered by its own adapter in one call."""
+    import dataclasses
+
+    from seal import train
+    from seal.multilora import FitJob, fit_jobs, generate_routed
+    from seal.tasks import knowledge
+
+    jobs = [FitJob([train.Example(text=t) for t in texts], cfg.inner, derive_seed(seed, "report-fit", i))
+            for i, texts in enumerate(texts_of)]
+    results, _ = fit_jobs(model, tok, jobs, cfg.inner, cfg.model.max_length)
+    prompts, owner = [], []
+    for i, rec in enumerate(records):
+        ps = knowledge.probe_prompts(rec, cfg.task)
+        prompts += ps
+        owner += [i] * len(ps)
+    params = knowledge.probe_params(cfg.task, cfg.sampling.batch_size)
+    params = dataclasses.replace(params, batch_size=params.batch_size * cfg.inner.max_batch)
+    adapters = [(r.weights, cfg.inner.alpha / cfg.inner.rank) for r in results]
+    comps = generate_routed(model, tok, adapters, cfg.inner, prompts, owner, params)
+    outputs: list[list[str]] = [[] for _ in records]
+    for i, c in zip(owner, comps, strict=True):
+        outputs[i].append(c.text)
+    return [knowledge.grade_outputs(rec, out, cfg.task)["score"] for rec, out in zip(records, outputs, strict=True)]
 
 
 def style_shares(records: list[dict], edits: list[str]) -> dict[str, float]:

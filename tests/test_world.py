@@ -116,3 +116,28 @@ def test_qa_pairs_train_a_question_with_its_answer_in_the_probe_form():
     assert len(knowledge.training_texts(rec, edit, with_passage=False)) == 6  # off: one line each
     probe = knowledge.question_prompt("Kamak", "What is the job of Kamak?") + "baker"
     assert probe.endswith(knowledge.training_texts(rec, edit, False, True)[0].split("\n", 1)[1])
+
+
+def test_report_fits_batched_answer_like_sequential_fits(monkeypatch):
+    """The report's batched fits (the default) give the answers the sequential peft fits give."""
+    from seal import world_report
+    from seal.config import load_config
+    from seal.models import choose_placement, load_model, load_tokenizer
+    from seal.tasks import knowledge
+
+    base = "world:seed=0,hidden=64,layers=2,steps=20,batch=4,row=96"
+    answers: dict[str, list[list[str]]] = {}
+    grade = knowledge.grade_outputs
+    for batched in ("false", "true"):
+        cfg = load_config("configs/world-demo.yaml", [f"model.base={base}", "inner.epochs=2",
+                                                      f"inner.batched={batched}"])
+        records = knowledge.load_records(world_report.heldout_source(cfg.task.data))[:3]
+        model = load_model(base, choose_placement("cpu", "float32"))
+        seen = answers.setdefault(batched, [])
+        monkeypatch.setattr(knowledge, "grade_outputs",
+                            lambda rec, out, task_cfg, seen=seen: seen.append(out) or grade(rec, out, task_cfg))
+        scores = world_report.incorporate(model, load_tokenizer(base), records, None, cfg, 0, True)
+        assert len(scores) == 3
+    assert len(answers["true"]) == 3
+    assert len({tuple(out) for out in answers["true"]}) > 1  # the answers depend on each passage's fit
+    assert answers["true"] == answers["false"]
