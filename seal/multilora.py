@@ -537,7 +537,6 @@ def fit_jobs(model: Any, tokenizer: Any, jobs: list[FitJob], inner: Any,
     return results, seconds
 
 
-
 def fit_shard(model: Any, tokenizer: Any, task: Any, records: list[dict[str, Any]], cands: list[Any],
               cfg: Any, round_: int, adapters: Any = None, merged: bool = False,
               baselines: bool = False) -> list[dict[str, Any]]:

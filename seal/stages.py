@@ -252,9 +252,8 @@ def adapt_shard(rt: Runtime, round_: int, shard: int, progress: Any = None) -> b
             cand = Candidate(context=c, k=k, text=edits[(c, k)]["text"])
             model, row = fit_candidate(model, rt.tokenizer, rt.task, record, cand, cfg, round_, adapters)
         if c not in baselines:
-            baselines[c] = row.get("baseline", None)
-            if baselines[c] is None:
-                baselines[c] = score_model(model, rt.tokenizer, rt.task, record, cfg)["score"]
+            baselines[c] = (row["baseline"] if "baseline" in row
+                            else score_model(model, rt.tokenizer, rt.task, record, cfg)["score"])
         row["baseline"] = baselines[c]
         rows.append(row)
         metrics.inner_fits(cfg.task.name, row["fit_s"], row["reward"])
