@@ -147,7 +147,7 @@ def pod_arms(args: argparse.Namespace) -> None:
 
 def headroom(model, rows: list[int], b: int, repeats: int = 5) -> tuple[float, float]:
     """Seconds per token of a frozen-base forward/backward at batch 1 and at batch b, rows of the
-    inner loop's mean length: the most any batching of batch-1 fits can gain on this machine."""
+    inner loop's mean length: what batching gains on the model's own compute on this machine."""
     import torch
 
     length = max(1, round(sum(rows) / len(rows)))
@@ -163,6 +163,8 @@ def headroom(model, rows: list[int], b: int, repeats: int = 5) -> tuple[float, f
             t0 = time.perf_counter()
             x = emb(ids).detach().requires_grad_(True)  # a gradient path like the LoRA layers open
             model(inputs_embeds=x).logits.float().logsumexp(-1).sum().backward()
+            if x.is_cuda:
+                torch.cuda.synchronize()  # the kernels are queued, not done, when backward() returns
             took = min(took, time.perf_counter() - t0)
         out.append(took / (n * length))
     for p, flag in zip(model.parameters(), flags, strict=True):
