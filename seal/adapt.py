@@ -1,4 +1,6 @@
-"""The inner loop: for each candidate self-edit, F LoRA fits of the current model, each scored.
+"""The inner loop, one candidate at a time: for each candidate self-edit, F LoRA fits of the
+current model, each scored (`inner.batched: false`; the default, seal.multilora.fit_shard, fits
+a shard's candidates B at a time to the same adapters and fills the same score rows).
 
 The current model is loaded once per process and shared by every candidate: a fit wraps it with
 a fresh adapter, trains, scores, saves the adapter, then unloads it, leaving the weights as they
