@@ -104,8 +104,9 @@ def pod_worker(args: argparse.Namespace) -> None:
     print(json.dumps({"started": t0, "imported": t1, "loaded": t2, "done": time.time()}))
 
 
-def pod_arms(args: argparse.Namespace) -> None:
-    """One adapt shard of the default size, in a fresh process per trainer; load share of its time."""
+def pod_arms(args: argparse.Namespace) -> dict[str, float]:
+    """One adapt shard of the default size, in a fresh process per trainer; returns each pod's
+    share of wall time spent before its fits (start, imports, model load)."""
     import tempfile
 
     from seal import stages
@@ -119,6 +120,7 @@ def pod_arms(args: argparse.Namespace) -> None:
     print(f"pods: one adapt shard of the default shards.adapt_size={size} candidates "
           f"({contexts} contexts x {k} self-edits sampled by the model, {args.pod_edit_tokens} tokens each), "
           f"each pod timed from spawn to exit")
+    shares = {}
     with tempfile.TemporaryDirectory(prefix="seal-bench-pod-") as tmp:
         for arm, batched in (("b", "false"), ("c", "true")):
             uri = f"{tmp}/{arm}"
@@ -143,6 +145,8 @@ def pod_arms(args: argparse.Namespace) -> None:
                   f"transformers, peft, seal) {start:.2f} s, model load {load:.2f} s, baselines, fits and scoring "
                   f"{work:.1f} s: model load {load / wall:.1%} of the pod's wall time, start + imports + load "
                   f"{(start + load) / wall:.1%}")
+            shares[arm] = (start + load) / wall
+    return shares
 
 
 def headroom(model, rows: list[int], b: int, repeats: int = 5) -> tuple[float, float]:
@@ -282,8 +286,15 @@ def main() -> None:
           f"token at batch 1 and {1e3 * many:.3f} ms at batch {args.max_batch} (rows of {mean:.0f} tokens): "
           f"{one / many:.1f}x is what batching gains on the model's own compute here (the trainers' per-step "
           f"overheads aside)")
-    if not args.skip_pods:
-        pod_arms(args)
+    shares = pod_arms(args) if not args.skip_pods else {}
+    gpu = next(model.parameters()).device.type == "cuda"
+    want = 5.0 if gpu else 3.0
+    print(f"target (c) >= {want:.0f}x (b) on {'a GPU' if gpu else 'CPU'} at B={args.max_batch}, batch "
+          f"{args.batch_size}: {'met' if tb / tc >= want else 'NOT met'} ({tb / tc:.1f}x)")
+    if "c" in shares:
+        print(f"target model load < 10% of a pod's wall time at the default shard size: "
+              f"{'met' if shares['c'] < 0.10 else 'NOT met'} ({shares['c']:.1%} with (c), counting Python's start "
+              f"and the imports)")
 
 
 if __name__ == "__main__":
