@@ -506,6 +506,38 @@ def generate_routed(model: Any, tokenizer: Any, adapters: list[tuple[dict[str, t
         multi.remove()
 
 
+def probes(task: Any, task_cfg: Any, records: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
+    """Every record's probe prompts in one list, and the index of the record each belongs to."""
+    prompts, owner = [], []
+    for i, rec in enumerate(records):
+        ps = task.probe_prompts(rec, task_cfg)
+        prompts += ps
+        owner += [i] * len(ps)
+    return prompts, owner
+
+
+def regroup(texts: list[str], owner: list[int], n: int) -> list[list[str]]:
+    """probes' flat answers back into one list per record."""
+    out: list[list[str]] = [[] for _ in range(n)]
+    for text, i in zip(texts, owner, strict=True):
+        out[i].append(text)
+    return out
+
+
+def answer_routed(model: Any, tokenizer: Any, task: Any, cfg: Any, lora: LoraConfig,
+                  adapters: list[tuple[dict[str, tuple[Any, Any]], float]],
+                  asks: list[tuple[int, dict[str, Any]]]) -> list[list[str]]:
+    """For each (adapter index, record) in `asks`, that adapter's answers to the record's probes,
+    all in shared routed batches of the base model."""
+    prompts, owner = probes(task, cfg.task, [rec for _, rec in asks])
+    # One decoding batch may hold the probes of up to inner.max_batch adapters: rows that finish
+    # leave the batch, so a wide batch costs nothing extra and saves per-step overhead.
+    params = task.probe_params(cfg.task, cfg.sampling.batch_size)
+    params = dataclasses.replace(params, batch_size=params.batch_size * cfg.inner.max_batch)
+    comps = generate_routed(model, tokenizer, adapters, lora, prompts, [asks[i][0] for i in owner], params)
+    return regroup([c.text for c in comps], owner, len(asks))
+
+
 # --- a shard of candidates: batched fits, then one scoring call -----------------------------------
 
 
@@ -608,44 +640,31 @@ def _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, 
     """Every fit's probe answers, then those of the model without an adapter for each of
     `base_contexts` (the baselines), from one generation call per backend (per adapter shape on
     the transformers path, the baselines riding with the first shape as an all-zero adapter)."""
-    prompts, owner = [], []  # owner: a fit's index, or len(fits) + j for base_contexts[j]
-    sources = [rows[r]["context"] for r, _, _ in fits] + list(base_contexts)
-    for i, c in enumerate(sources):
-        ps = task.probe_prompts(records[c], cfg.task)
-        prompts += ps
-        owner += [i] * len(ps)
-    params = task.probe_params(cfg.task, cfg.sampling.batch_size)
-    texts: list[str] = [""] * len(prompts)
+    sources = [rows[r]["context"] for r, _, _ in fits] + list(base_contexts)  # fits, then baselines
     if backend == "vllm":
         from seal.models import resolve_model
         from seal.vllm_backend import VllmGenerator, get_engine, model_dir
 
+        prompts, owner = probes(task, cfg.task, [records[c] for c in sources])
         path = model_dir(model, tokenizer) if merged else resolve_model(cfg.model.base)
         gen = VllmGenerator(get_engine(path, cfg))
-        comps = gen.generate(prompts, [0] * len(prompts), params,
+        comps = gen.generate(prompts, [0] * len(prompts), task.probe_params(cfg.task, cfg.sampling.batch_size),
                              loras=[dirs[i] if i < len(fits) else None for i in owner])
-        texts = [c.text for c in comps]
-    else:
-        # One decoding batch may hold the probes of up to inner.max_batch adapters: rows that finish
-        # leave the batch, so a wide batch costs nothing extra and saves per-step overhead.
-        params = dataclasses.replace(params, batch_size=params.batch_size * cfg.inner.max_batch)
-        by_shape: dict[tuple, list[int]] = {}
-        for i, (_, _, fj) in enumerate(fits):
-            by_shape.setdefault(shape_key(fj.lora), []).append(i)
-        for g, members in enumerate(by_shape.values()):
-            slot = {i: n for n, i in enumerate(members)}
-            adapters = [(results[i].weights, fits[i][2].lora.alpha / fits[i][2].lora.rank) for i in members]
-            if g == 0 and base_contexts:
-                # The base model is one more adapter whose update is exactly zero (0 * finite = 0).
-                zero = {name: (a.new_zeros(a.shape), b.new_zeros(b.shape)) for name, (a, b) in adapters[0][0].items()}
-                slot.update({len(fits) + j: len(adapters) for j in range(len(base_contexts))})
-                adapters.append((zero, 0.0))
-            pick = [p for p, i in enumerate(owner) if i in slot]
-            comps = generate_routed(model, tokenizer, adapters, fits[members[0]][2].lora,
-                                    [prompts[p] for p in pick], [slot[owner[p]] for p in pick], params)
-            for p, c in zip(pick, comps, strict=True):
-                texts[p] = c.text
+        return regroup([c.text for c in comps], owner, len(sources))
     out: list[list[str]] = [[] for _ in sources]
-    for p, i in enumerate(owner):
-        out[i].append(texts[p])
+    by_shape: dict[tuple, list[int]] = {}
+    for i, (_, _, fj) in enumerate(fits):
+        by_shape.setdefault(shape_key(fj.lora), []).append(i)
+    for g, members in enumerate(by_shape.values()):
+        adapters = [(results[i].weights, fits[i][2].lora.alpha / fits[i][2].lora.rank) for i in members]
+        asks = [(n, i) for n, i in enumerate(members)]  # (adapter slot, source)
+        if g == 0 and base_contexts:
+            # The base model is one more adapter whose update is exactly zero (0 * finite = 0).
+            zero = {name: (a.new_zeros(a.shape), b.new_zeros(b.shape)) for name, (a, b) in adapters[0][0].items()}
+            asks += [(len(adapters), len(fits) + j) for j in range(len(base_contexts))]
+            adapters.append((zero, 0.0))
+        answers = answer_routed(model, tokenizer, task, cfg, fits[members[0]][2].lora, adapters,
+                                [(slot, records[sources[i]]) for slot, i in asks])
+        for (_, i), texts in zip(asks, answers, strict=True):
+            out[i] = texts
     return out

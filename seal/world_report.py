@@ -84,27 +84,15 @@ def _incorporate_batched(model: Any, tok: Any, records: list[dict], texts_of: li
                         seed: int) -> list[float]:
     """incorporate's fits with the batched multi-LoRA trainer (the same seeds, so the same adapters
     to float tolerance), and every passage's questions answered by its own adapter in one call."""
-    import dataclasses
-
     from seal import train
-    from seal.multilora import FitJob, fit_jobs, generate_routed
+    from seal.multilora import FitJob, answer_routed, fit_jobs
     from seal.tasks import knowledge
 
     jobs = [FitJob([train.Example(text=t) for t in texts], cfg.inner, derive_seed(seed, "report-fit", i))
             for i, texts in enumerate(texts_of)]
     results, _ = fit_jobs(model, tok, jobs, cfg.inner, cfg.model.max_length)
-    prompts, owner = [], []
-    for i, rec in enumerate(records):
-        ps = knowledge.probe_prompts(rec, cfg.task)
-        prompts += ps
-        owner += [i] * len(ps)
-    params = knowledge.probe_params(cfg.task, cfg.sampling.batch_size)
-    params = dataclasses.replace(params, batch_size=params.batch_size * cfg.inner.max_batch)
     adapters = [(r.weights, cfg.inner.alpha / cfg.inner.rank) for r in results]
-    comps = generate_routed(model, tok, adapters, cfg.inner, prompts, owner, params)
-    outputs: list[list[str]] = [[] for _ in records]
-    for i, c in zip(owner, comps, strict=True):
-        outputs[i].append(c.text)
+    outputs = answer_routed(model, tok, knowledge, cfg, cfg.inner, adapters, list(enumerate(records)))
     return [knowledge.grade_outputs(rec, out, cfg.task)["score"] for rec, out in zip(records, outputs, strict=True)]
 
 

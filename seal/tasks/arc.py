@@ -41,12 +41,6 @@ Pair = dict[str, Grid]  # {"input": grid, "output": grid}
 # --- data: ARC-AGI JSON task files
 
 
-def _read_json(source: str, what: str) -> Any:
-    from seal.store import read_json_file
-
-    return read_json_file(source, what)
-
-
 def _builtin(name: str, kind: str) -> Any:
     try:
         raw = (resources.files("seal.data") / f"{name}-{kind}.json").read_bytes()
@@ -64,7 +58,9 @@ def load_tasks(challenges: str, solutions: str) -> tuple[dict[str, Any], dict[st
         return _builtin(name, "challenges"), _builtin(name, "solutions")
     if not solutions:
         raise ConfigError(f"task.arc.solutions is empty: give the solutions file that goes with {challenges}")
-    return _read_json(challenges, "task.data (ARC challenges)"), _read_json(solutions, "task.arc.solutions")
+    from seal.store import read_json_file
+
+    return read_json_file(challenges, "task.data (ARC challenges)"), read_json_file(solutions, "task.arc.solutions")
 
 
 def validate_tasks(challenges: Any, solutions: Any, source: str) -> None:
