@@ -1,7 +1,9 @@
-"""The `seal` command: one subcommand per stage. It parses, validates and calls the library.
+"""The `seal` command: one subcommand per stage, and the CLI owns all of their dispatch (the
+COMMANDS table). A handler parses what argparse leaves as text, calls the library with typed
+arguments, and prints what it returns.
 
-Every failure the user can fix ends in one line on stderr and an exit code from DESIGN.md
-(2 usage/config, 65 bad data, 75 transient), never a traceback.
+Every failure the user can fix ends in one line on stderr and an exit code from
+docs/architecture.md (2 usage/config, 65 bad data, 75 transient), never a traceback.
 """
 
 from __future__ import annotations
@@ -13,9 +15,26 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from seal import metrics
+from seal.cluster import submit
+from seal.cluster.status import run_status
+from seal.config import describe_fields, load_config
 from seal.errors import ConfigError, SealError, TransientError
+from seal.evaluation import arc as arc_eval
+from seal.evaluation import world as world_eval
+from seal.models.tiny import build_tiny_model
+from seal.report import plot_rewards, round_table
+from seal.stages.adapt import adapt_shard
+from seal.stages.improve import improve_round
+from seal.stages.local import run_local
+from seal.stages.plan import plan_round, shard_indices
+from seal.stages.runs import init_run, load_run, run_config, summaries
+from seal.stages.runtime import Runtime
+from seal.stages.sample import sample_shard
+from seal.store import open_store
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -69,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=int, default=2048, help="tokenizer vocabulary size (at most)")
     p.add_argument("--corpus", help="text file to train the tokenizer on (default: bundled passages)")
 
-    p = sub.add_parser("world-report", help="held-out table of a run in seal.world: base, passage, each policy")
+    p = sub.add_parser("world-report", help="held-out table of a run in seal.tasks.world: base, passage, each policy")
     p.add_argument("run", help="run URI: <store>/<run_id> of a finished `seal run` on a world config")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated evaluation seeds (default 0,1,2)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N held-out passages")
@@ -148,17 +167,171 @@ def split_run_uri(uri: str) -> tuple[str, str]:
     return parent, run_id
 
 
-def _runtime(run_uri: str) -> Any:
+def _runtime(run_uri: str) -> Runtime:
     """Config from the run's run.json (written by `seal init`), and a Runtime over it."""
-    from seal import stages
-    from seal.config import from_dict
-    from seal.store import open_store
+    run, cfg = run_config(run_uri, f"run `seal init --run {run_uri} --config FILE` first")
+    return Runtime(cfg, run)
 
-    run = open_store(run_uri)
-    if not run.exists("run.json"):
-        raise ConfigError(f"{run_uri}/run.json does not exist: run `seal init --run {run_uri} --config FILE` first")
-    cfg = from_dict(run.read_json("run.json")["config"])
-    return stages.Runtime(cfg, run)
+
+# --- one handler per subcommand: parse what argparse left as text, call the library, print
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    rows = run_local(cfg)
+    print(f"run {cfg.run_uri}")
+    print(round_table(rows))
+    if args.plot:
+        print(f"plot: {plot_rewards(rows, args.plot)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    rows = summaries(open_store(args.run))
+    if not rows:
+        raise ConfigError(f"{args.run}: no finished round (no round-0/summary.json): check the run URI")
+    print(round_table(rows))
+    _, run_id = split_run_uri(args.run)
+    print(f"plot: {plot_rewards(rows, args.plot or f'{run_id}-rewards.png')}")
+    return 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    corpus = None
+    if args.corpus:
+        try:
+            with open(args.corpus, encoding="utf-8") as f:
+                corpus = [line for line in f.read().splitlines() if line.strip()]
+        except OSError as e:
+            raise ConfigError(f"--corpus {args.corpus}: cannot read it ({e.strerror})") from None
+    print(build_tiny_model(args.out, args.hidden, args.layers, args.seed, args.vocab, corpus))
+    return 0
+
+
+def cmd_world_report(args: argparse.Namespace) -> int:
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds}: expected comma-separated integers, e.g. 0,1,2") from None
+    run, _ = load_run(args.run, "run `seal run CONFIG` first")
+    result = world_eval.evaluate(run, seeds, args.limit)
+    print(world_eval.table(result))
+    _, run_id = split_run_uri(args.run)
+    print(f"plot: {world_eval.plot(result, args.plot or f'{run_id}-world.png')}")
+    return 0
+
+
+def cmd_config_help(args: argparse.Namespace) -> int:
+    print("\n".join(describe_fields()))
+    return 0
+
+
+def cmd_eval_arc(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    bad = [r for r in rows if r not in arc_eval.ROWS]
+    if bad or not rows:
+        raise ConfigError(f"--rows {args.rows}: choose from {','.join(arc_eval.ROWS)}")
+    if args.edits is not None and args.edits < 1:
+        raise ConfigError(f"--edits {args.edits}: must be at least 1")
+    oracle = args.oracle
+    if oracle is not None and oracle.startswith("@"):
+        try:
+            with open(oracle[1:], encoding="utf-8") as f:
+                oracle = f.read()
+        except OSError as e:
+            raise ConfigError(f"--oracle {oracle}: cannot read it ({e.strerror})") from None
+    results = arc_eval.evaluate(cfg, args.run, oracle, args.edits or cfg.edits_per_context, rows)
+    print(arc_eval.table(results))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+        print(f"details: {args.out}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    store, run_id = split_run_uri(args.run)
+    place = [*args.overrides, f"store={store}", f"run_id={run_id}"]
+    if args.config.lstrip().startswith("{"):
+        cfg = submit.inline_config(args.config, place)
+    else:
+        cfg = load_config(args.config, place)
+    metrics.stage_call("init", {"run": cfg.run_id, "stage": "init"}, init_run, open_store(args.run), cfg)
+    print(args.run)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        if bool(args.run) == bool(args.config):
+            raise ConfigError("seal plan --dry-run needs exactly one of --run URI or --config FILE")
+        if args.config:
+            cfg, source = load_config(args.config, args.overrides), args.config
+        else:
+            if args.overrides:
+                raise ConfigError("--set goes with --config; a run's config is fixed in its run.json")
+            _, cfg = run_config(args.run, "check the run URI, or pass --config FILE")
+            source = args.run
+        print(submit.dry_run(cfg, source, args.workflow, args.max_pods))
+        return 0
+    if args.run is None or args.round is None:
+        raise ConfigError("seal plan needs --run URI and --round R (or --dry-run with --config FILE)")
+    plan = plan_round(_runtime(args.run), args.round)
+    text = json.dumps(shard_indices(plan))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    if args.out_dir:
+        submit.write_fanout(plan, args.out_dir, args.max_pods)
+    print(text)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    rt = _runtime(args.run)
+    for shard in args.shard:
+        sample_shard(rt, args.round, shard)
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    rt = _runtime(args.run)
+    for shard in args.shard:
+        adapt_shard(rt, args.round, shard)
+    return 0
+
+
+def cmd_improve(args: argparse.Namespace) -> int:
+    print(json.dumps(improve_round(_runtime(args.run), args.round), sort_keys=True))
+    return 0
+
+
+def cmd_finish(args: argparse.Namespace) -> int:
+    # The exit handler pushes its outcome like every stage.
+    group = {"run": split_run_uri(args.run)[1], "stage": "finish"}
+    print(metrics.stage_call("finish", group, submit.finish, args.run, args.status))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    out = submit.submit(cfg, args.workflow, args.parameters, args.argo_server, args.namespace, args.print_only)
+    print(out, end="" if args.print_only else "\n")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(run_status(args.run))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "report": cmd_report, "tiny-model": cmd_tiny_model, "world-report": cmd_world_report,
+    "config-help": cmd_config_help, "eval-arc": cmd_eval_arc, "init": cmd_init, "plan": cmd_plan,
+    "sample": cmd_sample, "adapt": cmd_adapt, "improve": cmd_improve, "finish": cmd_finish,
+    "submit": cmd_submit, "status": cmd_status,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = _exit_75_on_sigterm()
     try:
         _metrics_out(args)
-        return _dispatch(args)
+        return COMMANDS[args.command](args)
     except SealError as e:
         print(f"seal: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -201,148 +374,9 @@ def _exit_75_on_sigterm() -> Any:
 def _metrics_out(args: argparse.Namespace) -> None:
     """Serve /metrics when a port is set ($SEAL_METRICS_PORT or `run --metrics-port`); stages push
     to $SEAL_PUSHGATEWAY (or `run --pushgateway`) themselves. See seal/metrics.py."""
-    from seal import metrics
-
     if getattr(args, "pushgateway", None):
         os.environ[metrics.PUSHGATEWAY_ENV] = args.pushgateway
     metrics.serve(getattr(args, "metrics_port", None))
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    from seal import metrics, stages
-    from seal.config import load_config
-
-    if args.command == "run":
-        from seal.local import print_table, run_local
-        from seal.report import plot_rewards
-
-        cfg = load_config(args.config, args.overrides)
-        rows = run_local(cfg)
-        print(f"run {cfg.run_uri}")
-        print_table(rows)
-        if args.plot:
-            print(f"plot: {plot_rewards(rows, args.plot)}")
-        return 0
-    if args.command == "report":
-        from seal.report import plot_rewards, round_table, summaries
-        from seal.store import open_store
-
-        rows = summaries(open_store(args.run))
-        if not rows:
-            raise ConfigError(f"{args.run}: no finished round (no round-0/summary.json): check the run URI")
-        print(round_table(rows))
-        _, run_id = split_run_uri(args.run)
-        print(f"plot: {plot_rewards(rows, args.plot or f'{run_id}-rewards.png')}")
-        return 0
-    if args.command == "tiny-model":
-        from seal.models import build_tiny_model
-
-        corpus = None
-        if args.corpus:
-            try:
-                with open(args.corpus, encoding="utf-8") as f:
-                    corpus = [line for line in f.read().splitlines() if line.strip()]
-            except OSError as e:
-                raise ConfigError(f"--corpus {args.corpus}: cannot read it ({e.strerror})") from None
-        out = build_tiny_model(args.out, args.hidden, args.layers, args.seed, args.vocab, corpus)
-        print(out)
-        return 0
-    if args.command == "world-report":
-        from seal import world_report
-        from seal.store import open_store
-
-        try:
-            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-        except ValueError:
-            raise ConfigError(f"--seeds {args.seeds}: expected comma-separated integers, e.g. 0,1,2") from None
-        run = open_store(args.run)
-        if not run.exists("run.json"):
-            raise ConfigError(f"{args.run}/run.json does not exist: run `seal run CONFIG` first")
-        result = world_report.evaluate(run, seeds, args.limit)
-        print(world_report.table(result))
-        _, run_id = split_run_uri(args.run)
-        print(f"plot: {world_report.plot(result, args.plot or f'{run_id}-world.png')}")
-        return 0
-    if args.command == "config-help":
-        from seal.config import describe_fields
-
-        print("\n".join(describe_fields()))
-        return 0
-    if args.command == "eval-arc":
-        return _eval_arc(args)
-    if args.command == "init":
-        from seal.store import open_store
-
-        store, run_id = split_run_uri(args.run)
-        place = [*args.overrides, f"store={store}", f"run_id={run_id}"]
-        if args.config.lstrip().startswith("{"):
-            from seal.submit import inline_config
-
-            cfg = inline_config(args.config, place)
-        else:
-            cfg = load_config(args.config, place)
-        metrics.stage_call("init", {"run": cfg.run_id, "stage": "init"}, stages.init_run, open_store(args.run), cfg)
-        print(args.run)
-        return 0
-    if args.command in ("finish", "submit", "status") or (args.command == "plan" and args.dry_run):
-        from seal import submit
-
-        if args.command == "finish":  # the exit handler pushes its outcome like every stage
-            group = {"run": split_run_uri(args.run)[1], "stage": "finish"}
-            return metrics.stage_call("finish", group, submit.dispatch, args)
-        return submit.dispatch(args)
-    if args.command == "plan" and (args.run is None or args.round is None):
-        raise ConfigError("seal plan needs --run URI and --round R (or --dry-run with --config FILE)")
-    rt = _runtime(args.run)
-    if args.command == "plan":
-        from seal.plan import shard_indices
-
-        plan = stages.plan_round(rt, args.round)
-        text = json.dumps(shard_indices(plan))
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(text)
-        if args.out_dir:
-            from seal.submit import write_fanout
-
-            write_fanout(plan, args.out_dir, args.max_pods)
-        print(text)
-    elif args.command == "sample":
-        for shard in args.shard:
-            stages.sample_shard(rt, args.round, shard)
-    elif args.command == "adapt":
-        for shard in args.shard:
-            stages.adapt_shard(rt, args.round, shard)
-    elif args.command == "improve":
-        print(json.dumps(stages.improve_round(rt, args.round), sort_keys=True))
-    return 0
-
-
-def _eval_arc(args: argparse.Namespace) -> int:
-    from seal.config import load_config
-    from seal.eval_arc import ROWS, evaluate, table
-
-    cfg = load_config(args.config, args.overrides)
-    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
-    bad = [r for r in rows if r not in ROWS]
-    if bad or not rows:
-        raise ConfigError(f"--rows {args.rows}: choose from {','.join(ROWS)}")
-    if args.edits is not None and args.edits < 1:
-        raise ConfigError(f"--edits {args.edits}: must be at least 1")
-    oracle = args.oracle
-    if oracle is not None and oracle.startswith("@"):
-        try:
-            with open(oracle[1:], encoding="utf-8") as f:
-                oracle = f.read()
-        except OSError as e:
-            raise ConfigError(f"--oracle {oracle}: cannot read it ({e.strerror})") from None
-    results = evaluate(cfg, args.run, oracle, args.edits or cfg.edits_per_context, rows)
-    print(table(results))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
-        print(f"details: {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

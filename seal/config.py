@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from seal.errors import ConfigError
+from seal.generation.params import GenParams
+from seal.store import join
 
 
 class Section(BaseModel):
@@ -181,6 +183,11 @@ class SamplingConfig(Section):
         "a size vLLM supports (1, 8, 16, 32, 64, 128, 256, 320, 512).",
     )
 
+    def gen_params(self) -> GenParams:
+        """How self-edits are decoded, for any backend."""
+        return GenParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                         batch_size=self.batch_size)
+
 
 class LoraConfig(Section):
     rank: int = Field(32, ge=1, description="LoRA rank r.")
@@ -206,7 +213,7 @@ class InnerLoopConfig(LoraConfig):
     batched: bool = Field(
         True,
         description="Fit a shard's candidates B at a time with the batched multi-LoRA trainer "
-        "(seal.multilora: one forward/backward advances B fits; adapters equal sequential fits to "
+        "(seal.inner.multilora: one forward/backward advances B fits; adapters equal sequential fits to "
         "float tolerance), then answer all adapters' probes in one call (vLLM LoRARequests or routed "
         "transformers batches). Needs lora dropout 0 for exact equality. false: one candidate "
         "after another through peft (the reference implementation's way).",
@@ -214,7 +221,7 @@ class InnerLoopConfig(LoraConfig):
     memory_budget_mb: int = Field(
         0, ge=0,
         description="inner.batched: memory the concurrent fits may take (adapters, AdamW state, "
-        "activations, logits; estimated by seal.multilora.bytes_per_adapter); B is chosen from it. "
+        "activations, logits; estimated by seal.inner.multilora.bytes_per_adapter); B is chosen from it. "
         "0: half the memory free on the model's device when the fits start (GPU: as the driver "
         "reports it; CPU: MemAvailable).",
     )
@@ -302,8 +309,6 @@ class RunConfig(Section):
 
     @property
     def run_uri(self) -> str:
-        from seal.store import join
-
         return join(self.store, self.run_id)
 
     def fingerprint(self) -> str:

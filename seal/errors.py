@@ -1,6 +1,6 @@
 """Errors that end a `seal` command with a one-line message and an exit code Argo can act on.
 
-The codes are those of DESIGN.md: 2 usage/config error and 65 bad data are permanent (fix the
+The codes are those of docs/architecture.md: 2 usage/config error and 65 bad data are permanent (fix the
 input, do not retry); 75 is transient (store unreachable, throttled, preempted: retry).
 """
 
@@ -34,3 +34,7 @@ class TransientError(SealError):
     """A failure worth retrying: store unreachable, throttled, server errors, a preempted pod."""
 
     exit_code = EXIT_TRANSIENT
+
+
+class NotFoundError(ConfigError):
+    """A missing store key (exit 2 like any ConfigError); callers may catch it to treat absence as data."""

@@ -35,6 +35,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from seal.errors import ConfigError, DataError, NotFoundError, TransientError
+
 log = logging.getLogger(__name__)
 
 NAMESPACE = "seal"
@@ -144,8 +146,6 @@ def store_bytes(uri: str, direction: str, n: int) -> None:
 
 
 def _outcome(exc: BaseException) -> str:
-    from seal.errors import ConfigError, DataError, TransientError
-
     if isinstance(exc, TransientError):
         return "transient"
     if isinstance(exc, DataError):
@@ -167,8 +167,6 @@ def count_store_errors(backend: str) -> Callable[[Callable[..., Any]], Callable[
         @functools.wraps(factory)
         @contextlib.contextmanager
         def counted(*args: Any, **kwargs: Any) -> Iterator[None]:
-            from seal.store import NotFoundError
-
             try:
                 with factory(*args, **kwargs):
                     yield
@@ -304,8 +302,6 @@ def serve(port: int | str | None = None, addr: str = "0.0.0.0") -> int | None:
     """Serve the process's metrics on http://addr:port/metrics (port from $SEAL_METRICS_PORT when
     None); returns the port, or None when no port is configured. Safe to call twice."""
     from prometheus_client import start_http_server
-
-    from seal.errors import ConfigError
 
     text = str(port if port is not None else os.environ.get(PORT_ENV, "")).strip()
     if not text:

@@ -1,23 +1,24 @@
-"""Round tables and plots, read from the store alone (so they work on any finished or live run)."""
+"""Text tables and plots: the round table of `seal run` and `seal report` (read from the store
+alone, so it works on any finished or live run), and the helpers every table and figure uses."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from seal.store import Store
 
 HEADER = ("round", "contexts", "edits", "mean reward", "max reward", "baseline", "kept",
           "sample s", "adapt s", "improve s")
 
 
-def summaries(run: Store) -> list[dict[str, Any]]:
-    out = []
-    r = 0
-    while run.exists(f"round-{r}/summary.json"):
-        out.append(run.read_json(f"round-{r}/summary.json"))
-        r += 1
-    return out
+def text_table(cells: Sequence[Sequence[str]], left: int = 0) -> str:
+    """Rows of cells as aligned text: a rule under the first (header) row, each column as wide as
+    its widest cell, the first `left` columns left-aligned and the rest right-aligned."""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def round_table(rows: list[dict[str, Any]]) -> str:
@@ -31,10 +32,7 @@ def round_table(rows: list[dict[str, Any]]) -> str:
         )
         for s in rows
     ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(cells)
 
 
 def plot_rewards(rows: list[dict[str, Any]], out: str | Path) -> Path:

@@ -1,7 +1,7 @@
 """The artifact store: where every stage reads its inputs and writes its outputs.
 
 A store is addressed by a URI: `s3://bucket/prefix`, `file:///abs/path` or a plain local path.
-DESIGN.md's restart rule is that a stage is done exactly when its output exists, so every write
+The restart rule (docs/architecture.md) is that a stage is done exactly when its output exists, so every write
 here is whole or absent: a single PUT on S3, write-to-temp-then-rename on a local disk. Folders
 (LoRA adapters) get a `.complete` marker written last, on both backends, and only a folder with
 its marker counts as existing; a pod killed mid-upload leaves files that read as "not there".
@@ -29,14 +29,10 @@ from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
 from botocore.config import Config
 
 from seal import metrics
-from seal.errors import ConfigError, DataError, TransientError
+from seal.errors import ConfigError, DataError, NotFoundError, TransientError
 
 MARKER = ".complete"  # written last into a folder by put_dir; holds the folder's file list
 _TMP = ".seal-tmp-"  # prefix of FileStore temp files/folders, hidden from list()
-
-
-class NotFoundError(ConfigError):
-    """A missing key (exit 2 like any ConfigError); callers may catch it to treat absence as data."""
 
 
 def join(uri: str, *parts: str) -> str:

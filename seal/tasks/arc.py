@@ -29,10 +29,13 @@ from importlib import resources
 from typing import Any
 
 from seal.errors import ConfigError, DataError
+from seal.generation.params import GenParams
+from seal.inner.train import Example
 from seal.seeds import derive_seed
-from seal.tasks import InnerJob
+from seal.store import read_json_file
 from seal.tasks.arc_augment import FAMILIES, IDENTITY, TRANSFORMS, Transform, random_color_perm, recolor
 from seal.tasks.arc_grids import Grid, cells, check_grid, grid_to_text, parse_grid, side
+from seal.tasks.base import InnerJob
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,6 @@ def load_tasks(challenges: str, solutions: str) -> tuple[dict[str, Any], dict[st
         return _builtin(name, "challenges"), _builtin(name, "solutions")
     if not solutions:
         raise ConfigError(f"task.arc.solutions is empty: give the solutions file that goes with {challenges}")
-    from seal.store import read_json_file
-
     return read_json_file(challenges, "task.data (ARC challenges)"), read_json_file(solutions, "task.arc.solutions")
 
 
@@ -268,8 +269,6 @@ def build_ttt_examples(record: dict[str, Any], edit: Edit, arc: Any, seed: int) 
     example-count cap: the compute cap is judged on it, so an edit cannot dodge the cap by asking
     for more data than the hardware guard lets through.
     """
-    from seal.train import Example
-
     rng = random.Random(seed)
     puzzles: list[tuple[list[Pair], Pair]] = []
     dropped = 0
@@ -396,8 +395,6 @@ def probe_prompts(record: dict[str, Any], task_cfg: Any) -> list[str]:
 
 
 def probe_params(task_cfg: Any, batch_size: int) -> Any:
-    from seal.generate import GenParams
-
     return GenParams(max_new_tokens=task_cfg.answer_tokens, temperature=0.0, batch_size=batch_size)
 
 

@@ -16,7 +16,12 @@ from importlib import resources
 from typing import Any
 
 from seal.errors import ConfigError, DataError
-from seal.tasks import InnerJob
+from seal.generation.params import GenParams
+from seal.inner.train import Example
+from seal.store import read_json_file
+from seal.tasks.base import InnerJob
+from seal.tasks.judge import judge_answer
+from seal.tasks.world import load_split
 
 # Self-edit prompt variants. The policy continues after the last line.
 PROMPTS: dict[str, str] = {
@@ -42,10 +47,8 @@ PROMPTS: dict[str, str] = {
 
 def load_records(source: str) -> list[dict[str, Any]]:
     """Read SQuAD-form records from a local path, an s3:// URI, 'builtin:squad-sample', or
-    'world:seed=S,split=train|heldout|warmstart' (a generated world, see seal.world)."""
+    'world:seed=S,split=train|heldout|warmstart' (a generated world, see seal.tasks.world)."""
     if source.startswith("world:"):
-        from seal.world import load_split
-
         return validate_records(load_split(source), source)
     if source.startswith("builtin:"):
         name = source[len("builtin:"):]
@@ -55,8 +58,6 @@ def load_records(source: str) -> list[dict[str, Any]]:
             raise ConfigError(f"task.data {source}: no such built-in data set (try builtin:squad-sample)") from None
         data = json.loads(raw)  # shipped with seal, checked by the tests
     else:
-        from seal.store import read_json_file
-
         data = read_json_file(source, "task.data")
     return validate_records(data, source)
 
@@ -162,8 +163,6 @@ def context_prompt(record: dict[str, Any], task_cfg: Any) -> str:
 
 def inner_job(record: dict[str, Any], edit: str, task_cfg: Any, inner_cfg: Any) -> InnerJob:
     """Train on the edit's lines (and the passage) with the run's inner-loop settings."""
-    from seal.train import Example
-
     texts = training_texts(record, edit, task_cfg.train_on_passage, task_cfg.qa_pairs)
     return InnerJob(examples=[Example(text=t) for t in texts], lora=inner_cfg)
 
@@ -173,8 +172,6 @@ def probe_prompts(record: dict[str, Any], task_cfg: Any) -> list[str]:
 
 
 def probe_params(task_cfg: Any, batch_size: int) -> Any:
-    from seal.generate import GenParams
-
     return GenParams(max_new_tokens=task_cfg.answer_tokens, temperature=0.0, batch_size=batch_size,
                      stop_at_newline=True)
 
@@ -184,8 +181,6 @@ def grade(task_cfg: Any, question: str, gold: str, prediction: str) -> float:
         return exact_match(prediction, gold)
     if task_cfg.grader == "f1":
         return f1_score(prediction, gold)
-    from seal.judge import judge_answer
-
     return judge_answer(task_cfg.judge, question, gold, prediction)
 
 

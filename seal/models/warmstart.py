@@ -1,10 +1,10 @@
 """Warm start: a tiny base model trained from scratch on the world's warm-start split, on CPU.
 
 The base model must (a) read and write the world's language and answer questions in the probe
-format, and (b) as a policy, write self-edits for a passage in a *mix* of styles (seal.world's
+format, and (b) as a policy, write self-edits for a passage in a *mix* of styles (seal.tasks.world's
 qa / paraphrase / drift, in equal shares). It is trained, full fine-tune from a random init, on
 an endless stream of examples (shares in `example_stream`), about warm-start entities or about
-throwaway entities (names in no split, facts drawn afresh each time, seal.world.scratch_record):
+throwaway entities (names in no split, facts drawn afresh each time, seal.tasks.world.scratch_record):
 
 - 50%: self-edit prompt -> self-edit of a uniformly drawn style (loss on the edit only), about a
   throwaway entity, so the policy must copy facts from the passage it reads, not recall them;
@@ -30,8 +30,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from seal import world
 from seal.errors import ConfigError
+from seal.inner.train import Example, encode
+from seal.models.cache import cache_dir, publish
+from seal.models.tiny import build_tiny_model
+from seal.seeds import seed_everything
+from seal.tasks import world
+from seal.tasks.knowledge import PROMPTS, edit_prompt, question_prompt, training_texts
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +58,6 @@ class WarmStartSpec:
 
 def parse_model_spec(spec: str) -> WarmStartSpec:
     """'world:seed=0,hidden=128,steps=800' -> WarmStartSpec."""
-    from seal.tasks.knowledge import PROMPTS
-
     body = spec[len(world.WORLD_PREFIX):]
     out: dict[str, Any] = {}
     fields = WarmStartSpec.__dataclass_fields__
@@ -80,11 +83,9 @@ def world_spec(ws: WarmStartSpec) -> world.WorldSpec:
 def example_stream(records: list[dict[str, Any]], prompt: str, rng: random.Random, spec: world.WorldSpec):
     """Endless training examples about `records` (the warm-start split): see the module doc.
 
-    The policy's examples are about throwaway entities (seal.world.scratch_record: names in no
+    The policy's examples are about throwaway entities (seal.tasks.world.scratch_record: names in no
     split, facts drawn afresh), so the policy learns to copy facts from the passage it reads.
     """
-    from seal.tasks.knowledge import edit_prompt, question_prompt, training_texts
-    from seal.train import Example
 
     while True:
         rec = rng.choice(records)
@@ -120,8 +121,6 @@ def _redraw_passage(rec: dict[str, Any], rng: random.Random) -> str:
 
 def tokenizer_corpus(records: list[dict[str, Any]]) -> list[str]:
     """Warm-start text only (never the train or held-out splits), plus seal's prompt templates."""
-    from seal.tasks.knowledge import PROMPTS
-
     rng = random.Random(0)
     # The prompts are repeated so their words become whole tokens: shorter sequences, faster steps.
     texts = list(PROMPTS.values()) * 50 + ["Topic: "] * 50
@@ -140,8 +139,6 @@ def build(out: str | Path, ws: WarmStartSpec, progress: bool = True) -> dict[str
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from seal.models import _publish, build_tiny_model
-    from seal.seeds import seed_everything
 
     records = world.generate(world_spec(ws))["warmstart"]
     out = Path(out)
@@ -190,7 +187,7 @@ def build(out: str | Path, ws: WarmStartSpec, progress: bool = True) -> dict[str
     import json
 
     (final / "warmstart.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
-    _publish(final, out, replace=False)
+    publish(final, out, replace=False)
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
@@ -205,14 +202,12 @@ def packed_batch(tok: Any, stream: Any, rows: int, length: int) -> dict[str, Any
     """
     import torch
 
-    from seal import train as seal_train
-
     ids, labels = [], []
     for _ in range(rows):
         row_ids: list[int] = []
         row_labels: list[int] = []
         while len(row_ids) < length:
-            x, y = seal_train.encode(tok, next(stream), length)
+            x, y = encode(tok, next(stream), length)
             row_ids += x
             row_labels += y
         ids.append(row_ids[:length])
@@ -230,8 +225,6 @@ def _bar(total: int, enabled: bool) -> Any:
 
 def resolve_world_model(spec: str) -> str:
     """The folder of the warm-start model named by a 'world:...' model.base, built once."""
-    from seal.models import cache_dir
-
     ws = parse_model_spec(spec)
     key = "-".join(f"{k}{v}" for k, v in sorted(asdict(ws).items()))
     path = cache_dir() / "world" / key

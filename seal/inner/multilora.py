@@ -10,20 +10,20 @@ so one forward/backward of the shared base advances B fits at once. Nothing is s
 adapters except the frozen base, so each one trains exactly as if it were alone:
 
 - initial values are copied from peft (`train.attach_lora` with the fit's seed), not re-derived;
-- each adapter walks its own seeded data order, batch size and epochs (`train.train`'s schedule);
+- each adapter walks its own seeded data order, batch size and epochs (`train.schedule`, as
+  `train.train` walks it);
   one that runs out of steps stops updating while the others go on;
 - the loss is the sum over adapters of each adapter's own per-batch token mean (what the
   sequential loop's `model(**batch).loss` is), so adapter b's gradient is its own loss's gradient;
 - AdamW runs per adapter (its own lr, weight decay and step count), vectorised over the stack,
   with exactly torch.optim.AdamW's update rule; adapters without a batch this step do not move.
 
-`tests/test_multilora.py` checks adapters, losses and answers against the sequential path.
+`tests/integration/test_multilora.py` checks adapters, losses and answers against the sequential path.
 Adapters are written in peft's on-disk format, so peft and vLLM load them like any other.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seal.config import LoraConfig
-from seal.train import IGNORE, Example, attach_lora, collate, encode, peft_config
+from seal.inner.train import IGNORE, Example, attach_lora, collate, encode, peft_config, schedule
+from seal.seeds import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,6 @@ def fast_init(model: Any, lora: LoraConfig, seed: int) -> dict[str, tuple[Any, A
 
     import torch
 
-    from seal.seeds import seed_everything
-
     seed_everything(seed)
     out = {}
     for name in target_names(model, lora.target_modules):
@@ -307,18 +306,6 @@ def choose_batch(model: Any, lora: LoraConfig, tokens: int, budget_mb: int, cap:
 
 
 # --- training -------------------------------------------------------------------------------------
-
-
-def schedule(n_rows: int, lora: LoraConfig, seed: int) -> list[list[int]]:
-    """The batches (row indices) train.train would draw, in order: same generator, same calls."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    steps = []
-    for _ in range(lora.epochs):
-        order = torch.randperm(n_rows, generator=gen).tolist()
-        steps.extend(order[s: s + lora.batch_size] for s in range(0, len(order), lora.batch_size))
-    return steps
 
 
 def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int) -> list[FitResult]:
@@ -487,58 +474,7 @@ class _StackedAdamW:
                 v.index_copy_(0, idx, va)
 
 
-# --- generation through the routed adapters --------------------------------------------------------
-
-
-def generate_routed(model: Any, tokenizer: Any, adapters: list[tuple[dict[str, tuple[Any, Any]], float]],
-                    lora: LoraConfig, prompts: list[str], adapter_ids: list[int], params: Any) -> list[Any]:
-    """Answer each prompt with its own adapter (adapter_ids[i] indexes `adapters`), all in shared
-    batches of the base model: the transformers path's multi-adapter scoring."""
-    from seal.generate import TransformersGenerator
-
-    multi = MultiLora(model, max(1, len(adapters)), lora.rank, lora.target_modules)
-    try:
-        for i, (weights, scale) in enumerate(adapters):
-            multi.set_adapter(i, weights, scale)
-        gen = TransformersGenerator(model, tokenizer, route=multi.route)
-        return gen.generate(prompts, [0] * len(prompts), params, adapters=adapter_ids)
-    finally:
-        multi.remove()
-
-
-def probes(task: Any, task_cfg: Any, records: list[dict[str, Any]]) -> tuple[list[str], list[int]]:
-    """Every record's probe prompts in one list, and the index of the record each belongs to."""
-    prompts, owner = [], []
-    for i, rec in enumerate(records):
-        ps = task.probe_prompts(rec, task_cfg)
-        prompts += ps
-        owner += [i] * len(ps)
-    return prompts, owner
-
-
-def regroup(texts: list[str], owner: list[int], n: int) -> list[list[str]]:
-    """probes' flat answers back into one list per record."""
-    out: list[list[str]] = [[] for _ in range(n)]
-    for text, i in zip(texts, owner, strict=True):
-        out[i].append(text)
-    return out
-
-
-def answer_routed(model: Any, tokenizer: Any, task: Any, cfg: Any, lora: LoraConfig,
-                  adapters: list[tuple[dict[str, tuple[Any, Any]], float]],
-                  asks: list[tuple[int, dict[str, Any]]]) -> list[list[str]]:
-    """For each (adapter index, record) in `asks`, that adapter's answers to the record's probes,
-    all in shared routed batches of the base model."""
-    prompts, owner = probes(task, cfg.task, [rec for _, rec in asks])
-    # One decoding batch may hold the probes of up to inner.max_batch adapters: rows that finish
-    # leave the batch, so a wide batch costs nothing extra and saves per-step overhead.
-    params = task.probe_params(cfg.task, cfg.sampling.batch_size)
-    params = dataclasses.replace(params, batch_size=params.batch_size * cfg.inner.max_batch)
-    comps = generate_routed(model, tokenizer, adapters, lora, prompts, [asks[i][0] for i in owner], params)
-    return regroup([c.text for c in comps], owner, len(asks))
-
-
-# --- a shard of candidates: batched fits, then one scoring call -----------------------------------
+# --- training all jobs, B at a time ----------------------------------------------------------------
 
 
 def fit_jobs(model: Any, tokenizer: Any, jobs: list[FitJob], inner: Any,
@@ -567,104 +503,3 @@ def fit_jobs(model: Any, tokenizer: Any, jobs: list[FitJob], inner: Any,
 
         torch.cuda.empty_cache()  # hand the fits' activations back, for a vLLM engine started next
     return results, seconds
-
-
-def fit_shard(model: Any, tokenizer: Any, task: Any, records: list[dict[str, Any]], cands: list[Any],
-              cfg: Any, round_: int, adapters: Any = None, merged: bool = False,
-              baselines: bool = False) -> list[dict[str, Any]]:
-    """Score rows for `cands` (seal.adapt.Candidate), in order, in fit_candidate's form.
-
-    All F fits of all candidates are trained B at a time (grouped by adapter shape, B from
-    inner.memory_budget_mb), saved in peft format (and to `adapters` at <context>/<k>/<fit>/), then
-    every adapted model's probes are answered in one call: vLLM with one LoRARequest per prompt, or
-    routed transformers batches. `baselines`: the unadapted model's answers for each context ride
-    in the same call, and its score is each row's "baseline" (when there was a call: not when every
-    candidate was skipped). `merged`: `model` is the base with a policy merged in (vLLM then
-    serves a saved copy of it). fit_s and score_s are each fit's share of its batch's time.
-    """
-    from seal.adapt import new_score_row
-    from seal.seeds import derive_seed
-    from seal.vllm_backend import resolve_backend
-
-    rows, fits = [], []  # fits: (row index, fit, FitJob)
-    for cand in cands:
-        job = task.inner_job(records[cand.context], cand.text, cfg.task, cfg.inner)
-        row = new_score_row(cand, job, cfg.inner.fits)
-        if not job.skip:
-            for f in range(cfg.inner.fits):
-                seed = derive_seed(cfg.seed, "fit", round_, cand.context, cand.k, f)
-                fits.append((len(rows), f, FitJob(list(job.examples), job.lora, seed)))
-        rows.append(row)
-    if not fits:
-        return rows
-    results, fit_s = fit_jobs(model, tokenizer, [fj for _, _, fj in fits], cfg.inner, cfg.model.max_length)
-
-    import tempfile
-
-    backend = resolve_backend(cfg.sampling.backend)
-    with tempfile.TemporaryDirectory(prefix="seal-adapters-") as tmp:
-        dirs = []
-        for i, (r, f, fj) in enumerate(fits):
-            d = os.path.join(tmp, str(i))
-            save_peft(results[i].weights, fj.lora, d, base=getattr(model, "name_or_path", ""))
-            if adapters is not None:
-                adapters.put_dir(f"{rows[r]['context']}/{rows[r]['k']}/{f}", d)
-            dirs.append(d)
-        t0 = time.perf_counter()
-        base_contexts = sorted({row["context"] for row in rows}) if baselines else []
-        outputs = _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, backend, merged,
-                             base_contexts)
-        score_share = (time.perf_counter() - t0) / len(fits)
-    base_scores = {c: task.grade_outputs(records[c], outputs[len(fits) + j], cfg.task)["score"]
-                   for j, c in enumerate(base_contexts)}
-    for i, (r, _, _) in enumerate(fits):
-        row = rows[r]
-        graded = task.grade_outputs(records[row["context"]], outputs[i], cfg.task)
-        st = results[i].stats
-        row["rewards"].append(graded["score"])
-        row["answers"].append(graded["answers"])
-        row["losses"].append([st["first_loss"], st["last_loss"]])
-        row["fit_s"].append(round(fit_s[i], 4))
-        row["score_s"].append(round(score_share, 4))
-    for row in rows:
-        if "reward" not in row:
-            row["reward"] = sum(row["rewards"]) / len(row["rewards"])
-        row["trainer"], row["score_backend"] = "batched", backend
-        if row["context"] in base_scores:
-            row["baseline"] = base_scores[row["context"]]
-    return rows
-
-
-def _score_all(model, tokenizer, task, records, rows, fits, results, dirs, cfg, backend, merged,
-               base_contexts) -> list[list[str]]:
-    """Every fit's probe answers, then those of the model without an adapter for each of
-    `base_contexts` (the baselines), from one generation call per backend (per adapter shape on
-    the transformers path, the baselines riding with the first shape as an all-zero adapter)."""
-    sources = [rows[r]["context"] for r, _, _ in fits] + list(base_contexts)  # fits, then baselines
-    if backend == "vllm":
-        from seal.models import resolve_model
-        from seal.vllm_backend import VllmGenerator, get_engine, model_dir
-
-        prompts, owner = probes(task, cfg.task, [records[c] for c in sources])
-        path = model_dir(model, tokenizer) if merged else resolve_model(cfg.model.base)
-        gen = VllmGenerator(get_engine(path, cfg))
-        comps = gen.generate(prompts, [0] * len(prompts), task.probe_params(cfg.task, cfg.sampling.batch_size),
-                             loras=[dirs[i] if i < len(fits) else None for i in owner])
-        return regroup([c.text for c in comps], owner, len(sources))
-    out: list[list[str]] = [[] for _ in sources]
-    by_shape: dict[tuple, list[int]] = {}
-    for i, (_, _, fj) in enumerate(fits):
-        by_shape.setdefault(shape_key(fj.lora), []).append(i)
-    for g, members in enumerate(by_shape.values()):
-        adapters = [(results[i].weights, fits[i][2].lora.alpha / fits[i][2].lora.rank) for i in members]
-        asks = [(n, i) for n, i in enumerate(members)]  # (adapter slot, source)
-        if g == 0 and base_contexts:
-            # The base model is one more adapter whose update is exactly zero (0 * finite = 0).
-            zero = {name: (a.new_zeros(a.shape), b.new_zeros(b.shape)) for name, (a, b) in adapters[0][0].items()}
-            asks += [(len(adapters), len(fits) + j) for j in range(len(base_contexts))]
-            adapters.append((zero, 0.0))
-        answers = answer_routed(model, tokenizer, task, cfg, fits[members[0]][2].lora, adapters,
-                                [(slot, records[sources[i]]) for slot, i in asks])
-        for (_, i), texts in zip(asks, answers, strict=True):
-            out[i] = texts
-    return out

@@ -11,7 +11,7 @@ inner-loop settings), then its questions are asked without the passage and grade
 
 The seed changes which self-edit is sampled (temperature from the config) and the LoRA fit's
 init and order; the table shows the mean and the spread (sample standard deviation) over seeds.
-Each row also shows the share of its self-edits in each style (seal.world.edit_style's heuristic).
+Each row also shows the share of its self-edits in each style (seal.tasks.world.edit_style's heuristic).
 """
 
 from __future__ import annotations
@@ -23,11 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seal import world
-from seal.config import RunConfig, from_dict
+from seal.config import RunConfig
 from seal.errors import ConfigError
+from seal.inner.fit import Fit, run_fits
+from seal.inner.train import Example
+from seal.report import save_figure, text_table
 from seal.seeds import derive_seed
+from seal.stages.runs import read_edits, read_plan, run_config, summaries
+from seal.stages.runtime import Runtime
 from seal.store import Store
+from seal.tasks import knowledge, world
 
 log = logging.getLogger(__name__)
 
@@ -40,60 +45,33 @@ def heldout_source(data: str) -> str:
     return f"{world.WORLD_PREFIX}{fields},split=heldout"
 
 
-def sample_edits(model: Any, tok: Any, records: list[dict], cfg: RunConfig, seed: int) -> list[str]:
-    from seal.generate import GenParams, TransformersGenerator
-    from seal.tasks import knowledge
-
+def sample_edits(rt: Runtime, policy: int, records: list[dict], seed: int) -> list[str]:
+    """One self-edit per record from the policy entering round `policy` (0: the warm start)."""
+    cfg = rt.cfg
     prompts = [knowledge.context_prompt(r, cfg.task) for r in records]
     seeds = [derive_seed(seed, "report-sample", i) for i in range(len(records))]
-    params = GenParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
-                       top_p=cfg.sampling.top_p, batch_size=cfg.sampling.batch_size)
-    return [c.text for c in TransformersGenerator(model, tok).generate(prompts, seeds, params)]
+    return [c.text for c in rt.policy_generator(policy).generate(prompts, seeds, cfg.sampling.gen_params())]
 
 
 def incorporate(model: Any, tok: Any, records: list[dict], edits: list[str] | None, cfg: RunConfig,
-                seed: int, with_passage: bool = True) -> list[float]:
-    """Per passage: LoRA-fit `model` on the passage (and its edit), score, unload. No edits and
-    no passage: score the model as it is."""
-    from seal import tasks, train
-    from seal.generate import TransformersGenerator
-    from seal.tasks import knowledge
-
+                seed: int, with_passage: bool = True, merged: bool = False) -> list[float]:
+    """Per passage: a LoRA fit of `model` on the passage (and its edit) through the inner loop,
+    then its questions; a passage with nothing to train on (no edit, no passage) scores the model
+    as it is. `merged`: `model` has a policy merged in."""
     texts_of = [knowledge.training_texts(rec, edits[i] if edits is not None else "", with_passage, cfg.task.qa_pairs)
                 for i, rec in enumerate(records)]
-    if cfg.inner.batched and records and all(texts_of):
-        return _incorporate_batched(model, tok, records, texts_of, cfg, seed)
-    scores = []
-    for i, rec in enumerate(records):
-        texts = texts_of[i]
-        if not texts:
-            scores.append(tasks.score(knowledge, TransformersGenerator(model, tok), rec, cfg.task,
-                                      cfg.sampling.batch_size)["score"])
-            continue
-        fit_seed = derive_seed(seed, "report-fit", i)
-        peft_model = train.attach_lora(model, cfg.inner, fit_seed)
-        train.train(peft_model, tok, [train.Example(text=t) for t in texts], cfg.inner, fit_seed,
-                    cfg.model.max_length)
-        scores.append(tasks.score(knowledge, TransformersGenerator(peft_model, tok), rec, cfg.task,
-                                  cfg.sampling.batch_size)["score"])
-        model = peft_model.unload()
+    trained = [i for i, texts in enumerate(texts_of) if texts]
+    fits = [Fit(records[i], [Example(text=t) for t in texts_of[i]], cfg.inner, derive_seed(seed, "report-fit", i))
+            for i in trained]
+    untrained = [i for i, texts in enumerate(texts_of) if not texts]
+    outcomes, base = run_fits(model, tok, knowledge, fits, cfg, baselines=[records[i] for i in untrained],
+                              merged=merged)
+    scores = [0.0] * len(records)
+    for i, out in zip(trained, outcomes, strict=True):
+        scores[i] = out.graded["score"]
+    for i, graded in zip(untrained, base, strict=True):
+        scores[i] = graded["score"]
     return scores
-
-
-def _incorporate_batched(model: Any, tok: Any, records: list[dict], texts_of: list[list[str]], cfg: RunConfig,
-                        seed: int) -> list[float]:
-    """incorporate's fits with the batched multi-LoRA trainer (the same seeds, so the same adapters
-    to float tolerance), and every passage's questions answered by its own adapter in one call."""
-    from seal import train
-    from seal.multilora import FitJob, answer_routed, fit_jobs
-    from seal.tasks import knowledge
-
-    jobs = [FitJob([train.Example(text=t) for t in texts], cfg.inner, derive_seed(seed, "report-fit", i))
-            for i, texts in enumerate(texts_of)]
-    results, _ = fit_jobs(model, tok, jobs, cfg.inner, cfg.model.max_length)
-    adapters = [(r.weights, cfg.inner.alpha / cfg.inner.rank) for r in results]
-    outputs = answer_routed(model, tok, knowledge, cfg, cfg.inner, adapters, list(enumerate(records)))
-    return [knowledge.grade_outputs(rec, out, cfg.task)["score"] for rec, out in zip(records, outputs, strict=True)]
 
 
 def style_shares(records: list[dict], edits: list[str]) -> dict[str, float]:
@@ -103,16 +81,12 @@ def style_shares(records: list[dict], edits: list[str]) -> dict[str, float]:
 
 def evaluate(run: Store, seeds: list[int], limit: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Every row of the table, for every seed; also written to <run>/world-report.json."""
-    from seal import stages
-    from seal.report import summaries
-    from seal.tasks import knowledge
-
-    cfg = from_dict(run.read_json("run.json")["config"])
+    _, cfg = run_config(run, "run `seal run CONFIG` first")
     records = knowledge.load_records(heldout_source(cfg.task.data))[:limit]
     rounds = len(summaries(run))
     if rounds == 0:
         raise ConfigError(f"{run.uri}: no finished round: run `seal run` on its config first")
-    rt = stages.Runtime(cfg, run)
+    rt = Runtime(cfg, run)
     tok = rt.tokenizer
     names = ["base model (no adaptation)", "passage only", "passage + warm-start policy's edits"]
     names += [f"passage + round {r + 1} policy's edits" for r in range(rounds)]
@@ -127,8 +101,9 @@ def evaluate(run: Store, seeds: list[int], limit: int | None = None, progress: b
                     acc = incorporate(model, tok, records, edits, cfg, seed, with_passage)
                     rows[name]["scores"].append(statistics.fmean(acc))
                     _tick(bar)
-            edits = sample_edits(model, tok, records, cfg, seed)
-            acc = incorporate(model, tok, records, edits, cfg, seed, cfg.task.train_on_passage)
+            edits = sample_edits(rt, p, records, seed)
+            acc = incorporate(model, tok, records, edits, cfg, seed, cfg.task.train_on_passage,
+                              merged=rt.has_policy_adapter(p))
             name = names[2 + p]
             rows[name]["scores"].append(statistics.fmean(acc))
             rows[name]["styles"].append(style_shares(records, edits))
@@ -153,9 +128,6 @@ def evaluate(run: Store, seeds: list[int], limit: int | None = None, progress: b
 
 def _round_styles(run: Store, cfg: RunConfig, round_: int) -> dict[str, float]:
     """Style shares of the self-edits sampled in the loop itself (train passages) in a round."""
-    from seal.stages import read_edits, read_plan
-    from seal.tasks import knowledge
-
     records = knowledge.load_records(cfg.task.data)
     plan = read_plan(run, round_)
     edits = read_edits(run, plan, round_, set(plan["contexts"]))
@@ -195,10 +167,7 @@ def table(result: dict[str, Any]) -> str:
         shares = tuple(f"{st[k]:.0%}" for k in world.STYLES) if st else ("", "", "")
         cells.append((row["name"], f"{row['mean']:.3f}", f"{row['std']:.3f}", f"{min(row['scores']):.3f}",
                       f"{max(row['scores']):.3f}", *shares))
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join((c.ljust(w) if i == 0 else c.rjust(w)) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(cells, left=1).split("\n")
     rows = {r["name"]: r for r in result["rows"]}
     final, warm, passage = result["rows"][-1], rows["passage + warm-start policy's edits"], rows["passage only"]
     lines.append("")
@@ -255,8 +224,6 @@ def plot(result: dict[str, Any], out: str | Path) -> Path:
     ax2.set_ylabel("share of self-edits")
     ax2.set_title("edit styles per round")
     ax2.legend()
-    from seal.report import save_figure
-
     return save_figure(fig, out)
 
 

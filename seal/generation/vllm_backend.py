@@ -1,4 +1,4 @@
-"""vLLM generation: an offline `vllm.LLM` engine, per-request seeds, adapters as LoRARequests.
+"""The vLLM generation backend: an offline `vllm.LLM` engine, per-request seeds, adapters as LoRARequests.
 
 Used for self-edit sampling (base model + the policy adapter, so policies stay small in the
 store) and for scoring many adapted models in one call (one LoRARequest per prompt). vLLM is
@@ -25,7 +25,7 @@ import tempfile
 from typing import Any
 
 from seal.errors import ConfigError
-from seal.generate import Completion, GenParams
+from seal.generation.params import Completion, GenParams
 
 log = logging.getLogger(__name__)
 
@@ -36,26 +36,6 @@ _engine: dict[str, Any] = {}  # "key" -> engine args, "llm" -> the engine
 
 def installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
-
-
-def resolve_backend(name: str) -> str:
-    """'auto' is vLLM when it is installed and a GPU is present, else transformers; logs the choice."""
-    if name == "auto":
-        import torch
-
-        gpu = torch.cuda.is_available()
-        chosen = "vllm" if gpu and installed() else "transformers"
-        if chosen == "transformers":
-            why = "no GPU" if not gpu else "vllm is not installed"
-            log.info("generation backend: transformers (sampling.backend=auto, %s)", why)
-        else:
-            log.info("generation backend: vllm (sampling.backend=auto, GPU present)")
-        return chosen
-    if name == "vllm" and not installed():
-        raise ConfigError("sampling.backend=vllm but vllm is not installed: `pip install vllm` on a GPU "
-                          "machine, `make install-vllm` on CPU, or set sampling.backend=auto")
-    log.info("generation backend: %s (sampling.backend=%s)", name, name)
-    return name
 
 
 def lora_rank_limit(cfg: Any) -> int:

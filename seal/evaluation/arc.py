@@ -9,8 +9,8 @@
 Success is the mean reward over every (context, self-edit) pair: the share of self-edits whose
 test-time-trained model solves the test input (pass@`task.arc.attempts` after voting), as the
 paper reports it. "Solved" is the share of contexts that at least one self-edit solved. Every
-edit goes through the same `fit_candidate` as the ReSTEM rounds, so evaluation and training
-cannot drift apart.
+edit goes through the adapt stage's own `candidate_rows` (seal.inner.fit.run_fits), and sampling
+through the run's generation backend, so evaluation and training cannot drift apart.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from seal.adapt import Candidate, fit_candidate, score_model
 from seal.config import RunConfig
 from seal.errors import ConfigError
-from seal.generate import GenParams, make_generator
+from seal.inner.score import score_model
+from seal.report import text_table
 from seal.seeds import derive_seed
-from seal.store import open_store
+from seal.stages.adapt import Candidate, candidate_rows
+from seal.stages.runs import last_policy_round, load_run, policy_has_adapter
+from seal.stages.runtime import Runtime
+from seal.store import Store
 from seal.tasks import arc
 
 log = logging.getLogger(__name__)
@@ -37,21 +40,17 @@ LABELS = {
 }
 
 
-def latest_policy_round(run_uri: str, cfg: RunConfig) -> int:
-    """The last round whose M-step finished; the run must share the evaluation's base model."""
-    run = open_store(run_uri)
-    if not run.exists("run.json"):
-        raise ConfigError(f"--run {run_uri}: no run.json there: give the URI of a `seal run` run")
-    base = run.read_json("run.json")["config"]["model"]["base"]
+def latest_policy_round(run_uri: str, cfg: RunConfig) -> tuple[Store, int]:
+    """The run and its last round whose M-step finished; the run must share the evaluation's base model."""
+    run, meta = load_run(run_uri, "give the URI of a `seal run` run")
+    base = meta["config"]["model"]["base"]
     if base != cfg.model.base:
         raise ConfigError(f"--run {run_uri} trained on model {base!r}, but the config's model.base is "
                           f"{cfg.model.base!r}: evaluate with the run's base model")
-    r = -1
-    while run.exists(f"round-{r + 1}/policy/policy.json"):
-        r += 1
+    r = last_policy_round(run)
     if r < 0:
         raise ConfigError(f"--run {run_uri}: no round has finished its M-step yet (no round-0/policy/)")
-    return r
+    return run, r
 
 
 def check_oracle(text: str, cfg: RunConfig) -> str:
@@ -63,28 +62,25 @@ def check_oracle(text: str, cfg: RunConfig) -> str:
     return text
 
 
-def sample_edits(model: Any, tokenizer: Any, records: list[dict], cfg: RunConfig, k: int, tag: str) -> list[list[str]]:
-    """k self-edits per context from `model`, seeded by (run seed, tag, context, k)."""
-    task_cfg = cfg.task
+def sample_edits(rt: Runtime, policy: int, records: list[dict], k: int, tag: str) -> list[list[str]]:
+    """k self-edits per context from the policy entering round `policy` (0: the base model),
+    seeded by (run seed, tag, context, k)."""
+    cfg = rt.cfg
     jobs = [(c, j) for c in range(len(records)) for j in range(k)]
-    prompts = [arc.context_prompt(records[c], task_cfg) for c, _ in jobs]
+    prompts = [arc.context_prompt(records[c], cfg.task) for c, _ in jobs]
     seeds = [derive_seed(cfg.seed, "eval-arc", tag, c, j) for c, j in jobs]
-    params = GenParams(max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.sampling.temperature,
-                       top_p=cfg.sampling.top_p, batch_size=cfg.sampling.batch_size)
-    texts = [c.text for c in make_generator(cfg.sampling.backend, model, tokenizer).generate(prompts, seeds, params)]
+    texts = [c.text for c in rt.policy_generator(policy).generate(prompts, seeds, cfg.sampling.gen_params())]
     return [texts[c * k:(c + 1) * k] for c in range(len(records))]
 
 
 def run_edits(model: Any, tokenizer: Any, records: list[dict], edits: list[list[str]], cfg: RunConfig,
               bar: Any) -> list[dict[str, Any]]:
-    """Test-time train and score every edit; one score row per (context, edit)."""
-    rows = []
-    for c, texts in enumerate(edits):
-        for k, text in enumerate(texts):
-            model, row = fit_candidate(model, tokenizer, arc, records[c], Candidate(c, k, text), cfg, 0, None)
-            row["edit"] = text
-            rows.append(row)
-            bar.update(1)
+    """Test-time train and score every edit, as the adapt stage does; one score row per (context, edit)."""
+    cands = [Candidate(c, k, text) for c, texts in enumerate(edits) for k, text in enumerate(texts)]
+    rows = candidate_rows(model, tokenizer, arc, records, cands, cfg, 0)
+    for row, cand in zip(rows, cands, strict=True):
+        row["edit"] = cand.text
+    bar.update(len(rows))
     return rows
 
 
@@ -103,48 +99,41 @@ def evaluate(cfg: RunConfig, run_uri: str | None, oracle: str | None, edits_per_
     """The comparison rows that apply (policy needs a run, oracle an edit), in ROWS order."""
     from tqdm import tqdm
 
-    from seal import stages
-    from seal.models import load_tokenizer
-
     if cfg.task.name != "arc":
         raise ConfigError(f"eval-arc needs task.name: arc (the config has {cfg.task.name!r})")
     wanted = [r for r in ROWS if r in rows and (r != "policy" or run_uri) and (r != "oracle" or oracle)]
-    policy_round = latest_policy_round(run_uri, cfg) if "policy" in wanted else None
+    run, policy_round = latest_policy_round(run_uri, cfg) if "policy" in wanted else (None, -1)
     if oracle is not None:
         check_oracle(oracle, cfg)
-    records = arc.load_contexts(cfg.task)
-    tokenizer = load_tokenizer(cfg.model.base)
-    run = open_store(run_uri) if run_uri else None
-    rt = stages.Runtime(cfg, run)
+    rt = Runtime(cfg, run)
+    records = rt.records
     total = sum(len(records) * (edits_per_context if r in ("policy", "untrained") else 1) for r in wanted)
     out = []
-    base = None
     with tqdm(total=total, desc="eval-arc", unit="it", disable=None, leave=False) as bar:
         for name in wanted:
             if name == "policy":
-                # Runtime.policy_model(r + 1) is the base with round r's policy adapter merged in.
+                # The policy entering round r + 1: the base with round r's policy adapter merged in.
                 note = f"round {policy_round}"
-                if not stages.policy_has_adapter(run, policy_round):
+                if not policy_has_adapter(run, policy_round):
                     note += ", nothing kept yet: the base model"
-                model = rt.policy_model(policy_round + 1)
-                edits = sample_edits(model, tokenizer, records, cfg, edits_per_context, "policy")
-                result = run_edits(model, tokenizer, records, edits, cfg, bar)
+                edits = sample_edits(rt, policy_round + 1, records, edits_per_context, "policy")
+                result = run_edits(rt.policy_model(policy_round + 1), rt.tokenizer, records, edits, cfg, bar)
                 rt.release()
                 out.append(summarize(name, records, result, note))
                 continue
-            # One copy of the base serves the other rows: each fit unloads its adapter afterwards.
-            base = base if base is not None else rt.load_base()
+            # One copy of the base (round 0's policy) serves the other rows: fits leave it unchanged.
+            base = rt.policy_model(0)
             if name == "icl":
                 result = []
                 for c, rec in enumerate(records):
-                    s = score_model(base, tokenizer, arc, rec, cfg)
+                    s = score_model(base, rt.tokenizer, arc, rec, cfg)
                     result.append({"context": c, "k": 0, "reward": s["score"], "answers": [s["answers"]]})
                     bar.update(1)
             elif name == "untrained":
-                edits = sample_edits(base, tokenizer, records, cfg, edits_per_context, "untrained")
-                result = run_edits(base, tokenizer, records, edits, cfg, bar)
+                edits = sample_edits(rt, 0, records, edits_per_context, "untrained")
+                result = run_edits(base, rt.tokenizer, records, edits, cfg, bar)
             else:
-                result = run_edits(base, tokenizer, records, [[oracle] for _ in records], cfg, bar)
+                result = run_edits(base, rt.tokenizer, records, [[oracle] for _ in records], cfg, bar)
             out.append(summarize(name, records, result))
     return out
 
@@ -156,8 +145,4 @@ def table(results: list[dict[str, Any]]) -> str:
          f"{100 * r['success']:.1f}%", f"{100 * r['solved']:.1f}%")
         for r in results
     ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(cells, left=1)

@@ -10,11 +10,11 @@ unchanged.
 Entities are split three ways, with disjoint names, so nothing about one split's facts appears
 in another's text:
 
-- `warmstart`: what the base model is trained on from scratch (seal.warmstart): its passages,
+- `warmstart`: what the base model is trained on from scratch (seal.models.warmstart): its passages,
   its questions in the probe format, and self-edits of every style written for it;
 - `train`: the passages ReSTEM plays on (their facts are unknown to the base model, so the
   reward measures what a LoRA fit on the self-edit taught it);
-- `heldout`: evaluation only (seal.world_report).
+- `heldout`: evaluation only (seal.evaluation.world).
 
 The names left over (in no split) serve as throwaway entities with freshly drawn facts: the warm
 start teaches the policy its styles on them, so that writing an edit means copying facts from the

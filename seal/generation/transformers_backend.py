@@ -1,37 +1,19 @@
-"""Text generation backends: self-edit sampling and greedy answers.
+"""The transformers generation backend: self-edit sampling and greedy answers on any torch device.
 
-`TransformersGenerator` runs anywhere torch runs. It decodes with its own short loop instead of
-`model.generate` so that every sequence samples from its own seeded generator: a self-edit then
-depends on (run seed, round, context, k), not on which other prompts shared its batch.
-`seal.vllm_backend.VllmGenerator` (an offline vLLM engine, adapters as LoRARequests) has the same
-`generate()` signature; `seal.vllm_backend.resolve_backend` picks between them.
+`TransformersGenerator` decodes with its own short loop instead of `model.generate` so that every
+sequence samples from its own seeded generator: a self-edit then depends on (run seed, round,
+context, k), not on which other prompts shared its batch. `seal.generation.vllm_backend` has the
+same `generate()` signature; `seal.generation.backend.make_generator` picks between them.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
+from seal.generation.params import Completion, GenParams
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GenParams:
-    """How to decode: temperature 0 means greedy."""
-
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    batch_size: int = 16
-    stop_at_newline: bool = False  # answers: stop at the end of the first non-empty line
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    tokens: int  # generated tokens, EOS excluded
-    finish: str  # "stop" (EOS) or "length"
 
 
 class TransformersGenerator:
@@ -42,7 +24,7 @@ class TransformersGenerator:
     def __init__(self, model: Any, tokenizer: Any, route: Any = None):
         self.model = model
         self.tokenizer = tokenizer
-        # route(adapter_ids) tells a multi-adapter model (seal.multilora) which adapter each row of
+        # route(adapter_ids) tells a multi-adapter model (seal.inner.multilora) which adapter each row of
         # the next batch uses; `generate(..., adapters=[...])` needs it.
         self.route = route
 
@@ -138,13 +120,3 @@ class TransformersGenerator:
             sorted_p[drop] = 0.0
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
         return int(torch.multinomial(probs, 1, generator=gen))
-
-
-def make_generator(backend: str, model: Any, tokenizer: Any) -> TransformersGenerator:
-    """A transformers generator over a loaded model. vLLM generators serve a model folder instead:
-    `seal.vllm_backend.VllmGenerator`, chosen by `seal.vllm_backend.resolve_backend`."""
-    if backend not in ("auto", "transformers"):
-        raise ValueError(f"make_generator builds the transformers backend, not {backend!r}: "
-                         "use seal.vllm_backend for vLLM")
-    log.info("generation backend: transformers")
-    return TransformersGenerator(model, tokenizer)

@@ -1,33 +1,33 @@
 """`seal status RUN`: a run's progress, read from the store alone (no cluster access needed).
 
-A stage is done exactly when its output object exists (DESIGN.md), so counting objects is the
-whole story: plan.json, edits/<shard>.jsonl, scores/<shard>.jsonl, summary.json per round.
+A stage is done exactly when its output object exists (docs/architecture.md), so counting
+objects is the whole story: plan.json, edits/<shard>.jsonl, scores/<shard>.jsonl, summary.json
+per round (seal.stages.runs).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from seal.errors import ConfigError
-from seal.store import Store, open_store
+from seal.report import text_table
+from seal.stages.runs import done_shards, load_run, plan_key, shard_key, summary_key
+from seal.store import Store
 
 
 def round_progress(run: Store, r: int) -> dict[str, Any]:
     """Stages done, shards done/total and the rewards scored so far, for round r."""
-    out: dict[str, Any] = {"round": r, "plan": run.exists(f"round-{r}/plan.json")}
+    out: dict[str, Any] = {"round": r, "plan": run.exists(plan_key(r))}
     if not out["plan"]:
         return out
-    plan = run.read_json(f"round-{r}/plan.json")
-    done = {kind: {int(k.rsplit("/", 1)[-1].split(".")[0]) for k in run.list(f"round-{r}/{kind}")
-                   if k.endswith(".jsonl")}
-            for kind in ("edits", "scores")}
+    plan = run.read_json(plan_key(r))
+    done = {kind: done_shards(run, r, kind) for kind in ("edits", "scores")}
     out["sample"] = (len(done["edits"]), len(plan["sample_shards"]))
     out["adapt"] = (len(done["scores"]), len(plan["adapt_shards"]))
     out["candidates"] = sum(len(s) for s in plan["adapt_shards"])
-    out["summary"] = run.read_json(f"round-{r}/summary.json") if run.exists(f"round-{r}/summary.json") else None
+    out["summary"] = run.read_json(summary_key(r)) if run.exists(summary_key(r)) else None
     if out["summary"] is None:
         rewards = [row["reward"] for a in sorted(done["scores"])
-                   for row in run.read_jsonl(f"round-{r}/scores/{a:05d}.jsonl")]
+                   for row in run.read_jsonl(shard_key(r, "scores", a))]
         out["scored"] = len(rewards)
         out["mean_reward"] = sum(rewards) / len(rewards) if rewards else None
         out["max_reward"] = max(rewards) if rewards else None
@@ -39,10 +39,7 @@ def round_progress(run: Store, r: int) -> dict[str, Any]:
 
 
 def run_status(run_uri: str) -> str:
-    run = open_store(run_uri)
-    if not run.exists("run.json"):
-        raise ConfigError(f"{run_uri}/run.json does not exist: check the run URI (<store>/<run_id>)")
-    meta = run.read_json("run.json")
+    run, meta = load_run(run_uri)
     rounds = meta["config"]["rounds"]
     head = f"run {run_uri}: {meta.get('status', '?')}"
     if meta.get("message"):
@@ -61,7 +58,4 @@ def run_status(run_uri: str) -> str:
             "done" if s else "-", f"{p['scored']}/{p['candidates']}", fmt(p["mean_reward"]),
             fmt(p["max_reward"]), str(s["kept"]) if s else "-",
         ))
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
-    lines = [head] + ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    lines.insert(2, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return head + "\n" + text_table(cells)

@@ -1,4 +1,5 @@
-"""LoRA fine-tuning: one small loop shared by the inner loop (fit on a self-edit) and the M-step.
+"""LoRA fine-tuning with peft: one small loop shared by the sequential inner loop (a fit on a self-edit)
+and the M-step (SFT of the policy).
 
 An example is a text, or a (prompt, completion) pair whose loss covers the completion only.
 Padding never enters the loss (the reference implementation let it in: a bug not to copy).
@@ -73,6 +74,20 @@ def attach_lora(model: Any, lora: LoraConfig, seed: int, adapter_dir: str | None
     return get_peft_model(model, peft_config(lora))
 
 
+def schedule(n_rows: int, lora: LoraConfig, seed: int) -> list[list[int]]:
+    """The batches (row indices) of a fit, in order: `lora.epochs` seeded permutations of the rows,
+    cut into `lora.batch_size` batches. `train` walks it, and so does the batched trainer, so both
+    see each adapter's data in the same order."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    steps = []
+    for _ in range(lora.epochs):
+        order = torch.randperm(n_rows, generator=gen).tolist()
+        steps.extend(order[s: s + lora.batch_size] for s in range(0, len(order), lora.batch_size))
+    return steps
+
+
 def train(peft_model: Any, tokenizer: Any, examples: list[Example], lora: LoraConfig, seed: int,
           max_length: int) -> dict[str, float]:
     """Run `lora.epochs` passes of AdamW over the examples in a seeded order; returns loss stats."""
@@ -83,22 +98,19 @@ def train(peft_model: Any, tokenizer: Any, examples: list[Example], lora: LoraCo
     rows = [r for r in rows if any(label != IGNORE for label in r[1])]
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lora.lr, weight_decay=lora.weight_decay)
-    order_gen = torch.Generator().manual_seed(seed)
     peft_model.train()
     first = last = float("nan")
     steps = 0
-    for _ in range(lora.epochs):
-        order = torch.randperm(len(rows), generator=order_gen).tolist()
-        for start in range(0, len(order), lora.batch_size):
-            batch = collate([rows[i] for i in order[start : start + lora.batch_size]], tokenizer.pad_token_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = peft_model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            last = float(loss.detach())
-            if steps == 0:
-                first = last
-            steps += 1
+    for batch_rows in schedule(len(rows), lora, seed):
+        batch = collate([rows[i] for i in batch_rows], tokenizer.pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = peft_model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        last = float(loss.detach())
+        if steps == 0:
+            first = last
+        steps += 1
     peft_model.eval()
     return {"steps": steps, "first_loss": first, "last_loss": last}

@@ -1,4 +1,4 @@
-"""Choosing a round's contexts and cutting its work into shards.
+"""The plan stage: choose a round's contexts and cut its work into shards (round-<r>/plan.json).
 
 A plan holds indices only (context ids, (context, k) pairs), never data: Argo fans shards out
 from these lists, and they must stay small enough for the workflow object (etcd caps near 1 MB).
@@ -9,8 +9,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from seal import metrics
 from seal.config import RunConfig
 from seal.seeds import derive_seed
+from seal.stages.runs import plan_key
+from seal.stages.runtime import Runtime
 
 
 def choose_contexts(n_available: int, per_round: int, run_seed: int, round_: int) -> list[int]:
@@ -43,3 +46,14 @@ def shard_indices(plan: dict[str, Any]) -> dict[str, list[int]]:
         "sample": list(range(len(plan["sample_shards"]))),
         "adapt": list(range(len(plan["adapt_shards"]))),
     }
+
+
+@metrics.stage("plan")
+def plan_round(rt: Runtime, round_: int) -> dict[str, Any]:
+    """Write round r's plan.json once; a rerun returns the plan already written."""
+    key = plan_key(round_)
+    if rt.run.exists(key):
+        return rt.run.read_json(key)
+    plan = make_plan(rt.cfg, len(rt.records), round_)
+    rt.run.write_json(key, plan)
+    return plan

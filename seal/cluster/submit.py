@@ -1,5 +1,6 @@
-"""The cluster-side commands: `seal submit`, `seal finish`, `seal status`, `seal plan --dry-run`,
-and the fan-out lists `seal plan --out-dir` writes for Argo.
+"""The cluster-side commands' library: `seal submit`, `seal finish`, `seal plan --dry-run`, and the
+fan-out lists `seal plan --out-dir` writes for Argo. Each function takes typed arguments and
+returns what the CLI prints.
 
 `seal submit` fills workflows/restem.yaml's parameters from a run config and creates the Workflow
 through the Argo Server API (`argo-workflows` SDK) when a server URL is set, else as a custom
@@ -9,16 +10,13 @@ are imported inside the functions that use them (pip install 'seal[argo]').
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from seal.config import RunConfig, apply_overrides, from_dict, load_config
-from seal.errors import ConfigError, SealError, TransientError
-from seal.workflow import (
+from seal.cluster.workflow import (
     ETCD_LIMIT,
     dry_run_report,
     estimate_size,
@@ -30,6 +28,10 @@ from seal.workflow import (
     schema_errors,
     with_parameters,
 )
+from seal.config import RunConfig, apply_overrides, from_dict
+from seal.errors import ConfigError, SealError, TransientError
+from seal.stages.runs import set_status
+from seal.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -62,62 +64,31 @@ def write_fanout(plan: dict[str, Any], out_dir: str, max_pods: int | None) -> di
     return lists
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    if args.command == "finish":
-        return finish(args.run, args.status)
-    if args.command == "status":
-        from seal.status import run_status
-
-        print(run_status(args.run))
-        return 0
-    if args.command == "plan":
-        return dry_run(args)
-    return submit_command(args)
-
-
 # --- seal finish
 
 
-def finish(run_uri: str, argo_status: str) -> int:
-    from seal import stages
-    from seal.store import open_store
-
+def finish(run_uri: str, argo_status: str) -> str:
+    """Record a workflow's outcome in run.json; returns what to print."""
     if argo_status not in ARGO_STATUS:
         raise ConfigError(f"--status {argo_status}: expected one of {', '.join(ARGO_STATUS)} (Argo's workflow.status)")
     run = open_store(run_uri)
     if not run.exists("run.json"):
         # init never ran (or failed): there is no run to record a status in, and failing the exit
         # handler too would only hide the first error.
-        print(f"{run_uri}: no run.json, nothing to record (the workflow ended {argo_status})")
-        return 0
+        return f"{run_uri}: no run.json, nothing to record (the workflow ended {argo_status})"
     message = "" if argo_status == "Succeeded" else f"Argo workflow ended {argo_status}"
-    stages.set_status(run, ARGO_STATUS[argo_status], message)
-    print(f"{run_uri}: {ARGO_STATUS[argo_status]}")
-    return 0
+    set_status(run, ARGO_STATUS[argo_status], message)
+    return f"{run_uri}: {ARGO_STATUS[argo_status]}"
 
 
 # --- seal plan --dry-run
 
 
-def dry_run(args: argparse.Namespace) -> int:
-    from seal.store import open_store
-
-    if bool(args.run) == bool(args.config):
-        raise ConfigError("seal plan --dry-run needs exactly one of --run URI or --config FILE")
-    if args.config:
-        cfg, source = load_config(args.config, args.overrides), args.config
-    else:
-        if args.overrides:
-            raise ConfigError("--set goes with --config; a run's config is fixed in its run.json")
-        run = open_store(args.run)
-        if not run.exists("run.json"):
-            raise ConfigError(f"{args.run}/run.json does not exist: check the run URI, or pass --config FILE")
-        cfg, source = from_dict(run.read_json("run.json")["config"]), args.run
-    doc = load_workflow(args.workflow)
-    max_pods = args.max_pods if args.max_pods is not None else max_pods_default(doc)
-    text, _ = dry_run_report(cfg, doc, source, max_pods)
-    print(text)
-    return 0
+def dry_run(cfg: RunConfig, source: str, workflow: str | None, max_pods: int | None) -> str:
+    """`seal plan --dry-run`: pods per stage and the workflow object's estimated size, as text."""
+    doc = load_workflow(workflow)
+    text, _ = dry_run_report(cfg, doc, source, max_pods if max_pods is not None else max_pods_default(doc))
+    return text
 
 
 # --- seal submit
@@ -160,20 +131,18 @@ def build_workflow(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str]) -
     return wf
 
 
-def submit_command(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    wf = build_workflow(cfg, load_workflow(args.workflow), parse_parameters(args.parameters))
-    if args.print_only:
+def submit(cfg: RunConfig, workflow: str | None, parameters: list[str], argo_server: str | None,
+           namespace: str, print_only: bool = False) -> str:
+    """Fill the workflow for `cfg` and create it (Argo Server when a URL is given, else the
+    Kubernetes API); returns the workflow's name, or with `print_only` the filled-in YAML."""
+    wf = build_workflow(cfg, load_workflow(workflow), parse_parameters(parameters))
+    if print_only:
         import yaml
 
-        print(yaml.safe_dump(wf, sort_keys=False, width=1000), end="")
-        return 0
-    if args.argo_server:
-        name = submit_argo_server(wf, args.argo_server, args.namespace, os.environ.get("ARGO_TOKEN", ""))
-    else:
-        name = submit_kubernetes(wf, args.namespace)
-    print(name)
-    return 0
+        return yaml.safe_dump(wf, sort_keys=False, width=1000)
+    if argo_server:
+        return submit_argo_server(wf, argo_server, namespace, os.environ.get("ARGO_TOKEN", ""))
+    return submit_kubernetes(wf, namespace)
 
 
 def _http_error(status: int | None, body: str, where: str) -> SealError:
