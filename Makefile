@@ -42,11 +42,11 @@ demo: install  ## the world demo: warm start, 2 ReSTEM rounds, then the held-out
 demo-plumbing: install  ## the quick plumbing demo: 2 rounds on a random tiny model (a minute; rewards ~0)
 	$(BIN)/seal run configs/demo-cpu.yaml --plot .seal/demo-cpu-rewards.png
 
-test: install  ## the whole test suite (unit + integration on a tiny model + real S3 server)
+test: install  ## the whole test suite: tests/unit, tests/integration (tiny models, real S3, Prometheus, vLLM), tests/deploy
 	$(BIN)/pytest -q
 
-test-fast: install  ## unit tests only
-	$(BIN)/pytest -q -m "not slow"
+test-fast: install  ## unit tests only (tests/unit: no servers, no training; seconds)
+	$(BIN)/pytest -q tests/unit
 
 lint: install  ## ruff
 	$(BIN)/ruff check seal tests

@@ -3,14 +3,14 @@
   (a) one process per candidate: start Python, load the base, fit F adapters, score, exit
       (what a naive pod-per-candidate design does; the time is measured from spawn to exit);
   (b) the reference style: base loaded once, candidates fitted one after another and scored one
-      after another (seal.adapt.fit_candidate, inner.batched=false);
-  (c) the batched multi-LoRA trainer plus multi-adapter scoring (seal.multilora.fit_shard,
+      after another (seal.stages.adapt.candidate_rows with inner.batched=false);
+  (c) the batched multi-LoRA trainer plus multi-adapter scoring (the same function with
       inner.batched=true): B fits per forward/backward, all probes in one generation call.
 
 (b) and (c) alternate --repeats times and keep their fastest run. Prints candidates scored per
 minute for each (steady state: the model is loaded once and its load is reported apart), the
 ratios c/a and c/b, how far (c)'s losses and rewards are from (b)'s. Then the pod view: the adapt
-stage's own code (seal.stages.adapt_shard) in a fresh process on one shard of the default size
+stage's own code (seal.stages.adapt.adapt_shard) in a fresh process on one shard of the default size
 (shards.adapt_size), once per trainer, timed from spawn to exit, with the model load's share of
 that wall time. Inner-loop settings default to the config's (the paper's: F=3, 10 epochs, batch 1,
 r=32). Not run by CI. Example (the figures in bench/README.md):
@@ -50,7 +50,7 @@ def make_config(args: argparse.Namespace):
 
 def candidates(records: list[dict], n: int) -> list:
     """n deterministic self-edits: 3 sentences of a passage each (context i mod #passages)."""
-    from seal.adapt import Candidate
+    from seal.stages.adapt import Candidate
 
     out = []
     for i in range(n):
@@ -63,7 +63,7 @@ def candidates(records: list[dict], n: int) -> list:
 
 
 def load(cfg):
-    from seal.models import choose_placement, load_model, load_tokenizer
+    from seal.models.loading import choose_placement, load_model, load_tokenizer
 
     placement = choose_placement(cfg.model.device, cfg.model.dtype)
     return load_model(cfg.model.base, placement), load_tokenizer(cfg.model.base)
@@ -72,7 +72,7 @@ def load(cfg):
 def worker(args: argparse.Namespace) -> None:
     """(a)'s process: load, fit and score one candidate, print timings as JSON, exit."""
     t0 = time.perf_counter()
-    from seal import adapt
+    from seal.stages.adapt import candidate_rows
     from seal.tasks import get_task
 
     cfg = make_config(args)
@@ -81,7 +81,8 @@ def worker(args: argparse.Namespace) -> None:
     model, tok = load(cfg)
     t1 = time.perf_counter()
     cand = candidates(records, args.candidates)[args.worker]
-    _, row = adapt.fit_candidate(model, tok, task, records[cand.context], cand, cfg, 0, None)
+    cfg = cfg.model_copy(update={"inner": cfg.inner.model_copy(update={"batched": False})})
+    (row,) = candidate_rows(model, tok, task, records, [cand], cfg, 0)
     print(json.dumps({"load_s": t1 - t0, "work_s": time.perf_counter() - t1, "reward": row["reward"]}))
 
 
@@ -93,14 +94,14 @@ def pod_worker(args: argparse.Namespace) -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    from seal import stages
     from seal.cli import _runtime
+    from seal.stages.adapt import adapt_shard
 
     rt = _runtime(args.pod_run)
     t1 = time.time()
     rt.policy_model(0)
     t2 = time.time()
-    stages.adapt_shard(rt, 0, 0)
+    adapt_shard(rt, 0, 0)
     print(json.dumps({"started": t0, "imported": t1, "loaded": t2, "done": time.time()}))
 
 
@@ -109,8 +110,11 @@ def pod_arms(args: argparse.Namespace) -> dict[str, float]:
     share of wall time spent before its fits (start, imports, model load)."""
     import tempfile
 
-    from seal import stages
     from seal.config import ShardConfig, load_config
+    from seal.stages.plan import plan_round
+    from seal.stages.runs import init_run
+    from seal.stages.runtime import Runtime
+    from seal.stages.sample import sample_shard
     from seal.store import open_store
     from seal.tasks import get_task
 
@@ -128,11 +132,11 @@ def pod_arms(args: argparse.Namespace) -> dict[str, float]:
                                      f"edits_per_context={k}", f"sampling.max_new_tokens={args.pod_edit_tokens}",
                                      "sampling.backend=transformers", "inner.keep_adapters=all"])
             run = open_store(uri)
-            stages.init_run(run, cfg)
-            rt = stages.Runtime(cfg, run)
-            plan = stages.plan_round(rt, 0)
+            init_run(run, cfg)
+            rt = Runtime(cfg, run)
+            plan = plan_round(rt, 0)
             for s in range(len(plan["sample_shards"])):
-                stages.sample_shard(rt, 0, s)
+                sample_shard(rt, 0, s)
             rt.release()
             assert len(plan["adapt_shards"][0]) == size, plan["adapt_shards"]  # the pods time shard 0
             cmd = [sys.executable, __file__, "--pod-run", uri] + sys.argv[1:]
@@ -208,9 +212,8 @@ def main() -> None:
 
     import torch
 
-    from seal import adapt
-    from seal.models import resolve_model
-    from seal.multilora import fit_shard
+    from seal.models.loading import resolve_model
+    from seal.stages.adapt import candidate_rows
     from seal.tasks import get_task
 
     cfg = make_config(args)
@@ -242,17 +245,16 @@ def main() -> None:
     # (b) and (c) alternate, --repeats times, and each keeps its fastest: on a shared machine the
     # load of other processes changes by the minute, and the minimum is the least disturbed run.
     best: dict[str, tuple[float, list]] = {}
+    sequential, batched = (cfg.model_copy(update={"inner": cfg.inner.model_copy(update={"batched": flag})})
+                           for flag in (False, True))
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        rows_b = []
-        for cand in cands:
-            model, row = adapt.fit_candidate(model, tok, task, records[cand.context], cand, cfg, 0, None)
-            rows_b.append(row)
+        rows_b = candidate_rows(model, tok, task, records, cands, sequential, 0)
         took = time.perf_counter() - t0
         if took < best.get("b", (float("inf"),))[0]:
             best["b"] = (took, rows_b)
         t0 = time.perf_counter()
-        rows_c = fit_shard(model, tok, task, records, cands, cfg, 0, None)
+        rows_c = candidate_rows(model, tok, task, records, cands, batched, 0)
         took = time.perf_counter() - t0
         if took < best.get("c", (float("inf"),))[0]:
             best["c"] = (took, rows_c)
@@ -276,7 +278,7 @@ def main() -> None:
     print(f"c/b = {tb / tc:.1f}x (fits {fit_b / fit_c:.1f}x, scoring "
           f"{sum(sum(r['score_s']) for r in rows_b) / max(1e-9, sum(sum(r['score_s']) for r in rows_c)):.1f}x); "
           f"with the one model load counted in both: {(tb + load_s) / (tc + load_s):.1f}x")
-    from seal.train import encode
+    from seal.inner.train import encode
 
     lengths = [len(encode(tok, ex, cfg.model.max_length)[0]) for c in cands
                for ex in task.inner_job(records[c.context], c.text, cfg.task, cfg.inner).examples]

@@ -38,8 +38,9 @@ def main() -> None:
     import torch
 
     from seal.config import load_config
-    from seal.generate import GenParams, TransformersGenerator
-    from seal.models import choose_placement, load_model, load_tokenizer, resolve_model
+    from seal.generation.params import GenParams
+    from seal.generation.transformers_backend import TransformersGenerator
+    from seal.models.loading import choose_placement, load_model, load_tokenizer, resolve_model
     from seal.seeds import derive_seed
     from seal.tasks import knowledge
 
@@ -65,7 +66,7 @@ def main() -> None:
     print(f"transformers: {hf_tokens} tokens in {hf_s:.1f} s = {hf_tokens / hf_s:.0f} tokens/s")
 
     # A policy-shaped adapter (random, so it changes the outputs) for the LoRARequest arm.
-    from seal.multilora import save_peft, target_names
+    from seal.inner.multilora import save_peft, target_names
 
     g = torch.Generator().manual_seed(0)
     lora = cfg.mstep
@@ -76,7 +77,7 @@ def main() -> None:
     save_peft(weights, lora, adapter)
     del model
 
-    from seal.vllm_backend import VllmGenerator, get_engine, installed
+    from seal.generation.vllm_backend import VllmGenerator, get_engine, installed
 
     if not installed():
         print("vllm: not installed here (make install-vllm, or pip install vllm on a GPU machine)")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from seal import world_report
 from seal.config import load_config
-from seal.local import run_local
+from seal.evaluation import world as world_report
+from seal.stages.local import run_local
 from seal.store import open_store
 
 

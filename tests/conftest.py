@@ -13,6 +13,18 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 TINY = "tiny:hidden=64,layers=2,seed=0"
 
+# Each folder is what its tests need, and the marker of the same name selects it:
+# unit (no servers, no training: seconds), integration (tiny models trained, whole rounds, a real
+# S3 server, Prometheus, vLLM), deploy (the workflow, the chart, the images), e2e (a cluster).
+FOLDER_MARKERS = ("unit", "integration", "deploy", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = item.path.relative_to(config.rootpath / "tests").parts[0]
+        if folder in FOLDER_MARKERS:
+            item.add_marker(folder)
+
 
 def tiny_overrides(store: str, run_id: str = "t") -> list[str]:
     """A 2-round, 3-context, K=2, F=1 run on a tiny model: the integration tests' setting."""
@@ -29,7 +41,7 @@ def tiny_overrides(store: str, run_id: str = "t") -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_model():
     """(model, tokenizer) of the session's tiny model, loaded once."""
-    from seal.models import choose_placement, load_model, load_tokenizer
+    from seal.models.loading import choose_placement, load_model, load_tokenizer
 
     return load_model(TINY, choose_placement("cpu")), load_tokenizer(TINY)
 

@@ -330,7 +330,7 @@ def test_shared_reference_task_files_load():
     """The paper's 12 training / 10 evaluation tasks load (when ../shared/data is beside the checkout)."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "arc"
+    root = Path(__file__).resolve().parents[3] / "shared" / "data" / "arc"
     if not root.is_dir():
         pytest.skip("../shared/data/arc not present")
     for split, n in (("training", 12), ("evaluation", 10)):
@@ -345,7 +345,7 @@ def test_shared_reference_task_files_load():
 def test_paper_arc_config_matches_design():
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "configs" / "arc-llama-3.2-1b.yaml"
+    path = Path(__file__).resolve().parents[2] / "configs" / "arc-llama-3.2-1b.yaml"
     cfg = load_config(path)
     assert cfg.model.base == "meta-llama/Llama-3.2-1B-Instruct" and cfg.task.name == "arc"
     assert (cfg.inner.rank, cfg.inner.alpha, cfg.inner.batch_size) == (128, 16, 2)

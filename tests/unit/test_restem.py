@@ -1,8 +1,8 @@
 """The ReSTEM filter rules and plan sharding."""
 
 from seal.config import FilterConfig, load_config
-from seal.plan import choose_contexts, make_plan, shard_indices
-from seal.restem import filter_scores, sft_rows
+from seal.stages.improve import filter_scores, sft_rows
+from seal.stages.plan import choose_contexts, make_plan, shard_indices
 
 SCORES = [
     {"context": 1, "k": 0, "reward": 0.2, "baseline": 0.3},

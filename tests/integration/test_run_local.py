@@ -166,7 +166,7 @@ def test_wrong_s3_credentials_and_missing_bucket_end_in_one_line(s3_env):
 
 def test_model_and_data_from_s3_previous_policy_and_winner_adapters(tmp_path, s3_env, tiny_model):
     """model.base and task.data as s3:// URIs; mstep.init=previous; keep_adapters=winners."""
-    from seal.models import resolve_model
+    from seal.models.loading import resolve_model
     from seal.tasks.knowledge import load_records
 
     bucket_root = open_store(s3_env)

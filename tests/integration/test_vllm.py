@@ -19,9 +19,9 @@ else:
 from conftest import TINY, tiny_overrides  # noqa: E402
 
 from seal.config import LoraConfig, load_config  # noqa: E402
-from seal.generate import GenParams  # noqa: E402
-from seal.models import resolve_model  # noqa: E402
-from seal.multilora import save_peft, target_names  # noqa: E402
+from seal.generation.params import GenParams  # noqa: E402
+from seal.inner.multilora import save_peft, target_names  # noqa: E402
+from seal.models.loading import resolve_model  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def test_sampling_seeds_adapters_and_greedy_match_transformers(tiny_model, engin
     from peft import PeftModel
     from vllm import SamplingParams
 
-    from seal.vllm_backend import VllmGenerator, get_engine
+    from seal.generation.vllm_backend import VllmGenerator, get_engine
 
     model, tok = tiny_model
     gen = VllmGenerator(get_engine(resolve_model(TINY), engine_cfg))

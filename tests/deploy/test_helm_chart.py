@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "seal"
 RESTEM = ROOT / "workflows" / "restem.yaml"
 KUBE_VERSION = "1.30.0"

@@ -10,13 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
+from argo_local import LocalArgo, Unsupported, WorkflowFailed, evaluate
 from conftest import tiny_overrides
 
-from seal.argo_local import LocalArgo, Unsupported, WorkflowFailed, evaluate
 from seal.cli import build_parser, main, shard_range
-from seal.config import load_config
-from seal.store import open_store
-from seal.workflow import (
+from seal.cluster.workflow import (
     container_commands,
     declared_parameters,
     estimate_size,
@@ -25,8 +23,10 @@ from seal.workflow import (
     reference_errors,
     schema_errors,
 )
+from seal.config import load_config
+from seal.store import open_store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SQUAD = str(ROOT / "configs/squad-qwen2.5-7b.yaml")
 PAPER = [SQUAD, "--set", "contexts_per_round=2067"]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from seal.cli import main
+from seal.cluster.workflow import load_workflow
 from seal.config import load_config
-from seal.workflow import load_workflow
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs/squad-qwen2.5-7b.yaml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs/squad-qwen2.5-7b.yaml")
 ARGS = [CONFIG, "--set", "store=s3://bucket/runs/", "--set", "run_id=r1", "--set", "rounds=3"]
 
 

@@ -1,21 +1,22 @@
-"""The batched multi-LoRA trainer against the sequential path (seal.train) on a tiny model."""
+"""The batched multi-LoRA trainer against the sequential path (seal.inner.train) on a tiny model."""
 
 import pytest
 import torch
 
 from seal.config import LoraConfig
-from seal.generate import GenParams, TransformersGenerator
-from seal.multilora import (
+from seal.generation.params import GenParams
+from seal.generation.transformers_backend import TransformersGenerator
+from seal.inner.multilora import (
     FitJob,
     choose_batch,
-    generate_routed,
     load_peft,
     save_peft,
     schedule,
     train_many,
 )
+from seal.inner.score import generate_routed
+from seal.inner.train import Example, attach_lora, train
 from seal.store import open_store
-from seal.train import Example, attach_lora, train
 
 TEXTS = [
     "Warsaw\nWarsaw is the capital of Poland.",
@@ -112,7 +113,7 @@ def test_memory_budget_picks_batch(tiny_model):
 
 def test_auto_memory_budget_is_half_the_free_memory(tiny_model, monkeypatch):
     """inner.memory_budget_mb=0 sizes B from the device's free memory (here the CPU's MemAvailable)."""
-    from seal import multilora
+    from seal.inner import multilora
 
     model, _ = tiny_model
     free = multilora.free_memory_bytes(next(model.parameters()).device)
@@ -139,14 +140,14 @@ def _run(store, *extra):
 def test_batched_adapt_stage_matches_sequential(tmp_path, monkeypatch):
     """`inner.batched` gives the same score rows and adapters (in peft format) as the sequential
     loop, baselines included, though those come from the shard's one scoring call."""
-    from seal import stages
+    from seal.inner import fit
 
     seq = _run(str(tmp_path / "seq"), "inner.batched=false")
 
     def no_separate_call(*args, **kwargs):
         raise AssertionError("the batched adapt stage scored a baseline in a call of its own")
 
-    monkeypatch.setattr(stages, "score_model", no_separate_call)
+    monkeypatch.setattr(fit, "score_model", no_separate_call)
     bat = _run(str(tmp_path / "bat"), "inner.batched=true", "inner.max_batch=4")
     for r in range(1):
         plan = seq.read_json(f"round-{r}/plan.json")
@@ -178,7 +179,7 @@ def _tensors(store, prefix):
 
 
 def test_fast_init_is_peft_init(tiny_model):
-    from seal.multilora import fast_init, peft_init
+    from seal.inner.multilora import fast_init, peft_init
 
     model, _ = tiny_model
     for lora, seed in ((LoraConfig(rank=4, alpha=8), 3),

@@ -8,14 +8,14 @@ import json
 import os
 
 import pytest
+from argo_local import LocalArgo
 from conftest import tiny_overrides
 from test_run_local import check_layout
 
-from seal.argo_local import LocalArgo
 from seal.cli import main
+from seal.cluster.workflow import load_workflow, run_parameters
 from seal.config import load_config
 from seal.store import Store, open_store
-from seal.workflow import load_workflow, run_parameters
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from seal.config import LoraConfig
-from seal.generate import GenParams, TransformersGenerator
-from seal.train import IGNORE, Example, attach_lora, collate, encode, train
+from seal.generation.params import GenParams
+from seal.generation.transformers_backend import TransformersGenerator
+from seal.inner.train import IGNORE, Example, attach_lora, collate, encode, train
 
 
 def test_sampling_depends_on_seed_not_on_batch(tiny_model):

@@ -31,7 +31,7 @@ def stage(run: str, *args: str) -> list[str]:
 def prepare(run: str) -> None:
     """init, plan and sample round 0 (everything adapt needs)."""
     overrides = [o for o in tiny_overrides("unused") if not o.startswith(("store=", "run_id="))]
-    config = pathlib.Path(__file__).resolve().parents[1] / "configs/demo-cpu.yaml"
+    config = pathlib.Path(__file__).resolve().parents[2] / "configs/demo-cpu.yaml"
     assert main(["init", "--run", run, "--config", str(config), *sets(overrides)]) == 0
     assert main(stage(run, "plan")) == 0
     assert main(stage(run, "sample", "--shard", "0-1")) == 0

@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from seal import warmstart, world
 from seal.errors import ConfigError
-from seal.tasks import knowledge
+from seal.models import warmstart
+from seal.tasks import knowledge, world
 
 SPEC = world.WorldSpec(seed=3)
 
@@ -79,34 +79,6 @@ def test_warmstart_examples_mix_styles_uniformly():
     assert all(abs(s - 1 / 3) < 0.05 for s in shares), counts
 
 
-@pytest.mark.slow
-def test_cut_down_world_pipeline_produces_every_row(tmp_path):
-    """Warm start (a few steps), one ReSTEM round, and the held-out table on 2 passages x 2 seeds."""
-    from seal import world_report
-    from seal.config import load_config
-    from seal.local import run_local
-    from seal.store import open_store
-
-    base = "world:seed=0,hidden=64,layers=2,steps=20,batch=4,row=96"
-    cfg = load_config("configs/world-demo.yaml", [
-        f"store={tmp_path}", "run_id=w", "rounds=1", "contexts_per_round=2", "edits_per_context=2",
-        f"model.base={base}", "sampling.max_new_tokens=16", "inner.epochs=1",
-        "mstep.epochs=1", "filter.min_reward=-1",
-    ])
-    rows = run_local(cfg)
-    assert len(rows) == 1
-    result = world_report.evaluate(open_store(cfg.run_uri), seeds=[0, 1], limit=2, progress=False)
-    names = [r["name"] for r in result["rows"]]
-    assert names == ["base model (no adaptation)", "passage only", "passage + warm-start policy's edits",
-                     "passage + round 1 policy's edits"]
-    for row in result["rows"]:
-        assert len(row["scores"]) == 2 and 0.0 <= row["mean"] <= 1.0
-    text = world_report.table(result)
-    assert "final policy vs passage only" in text
-    png = world_report.plot(result, tmp_path / "w.png")
-    assert png.stat().st_size > 1000
-
-
 def test_qa_pairs_train_a_question_with_its_answer_in_the_probe_form():
     rec = {"title": "Kamak", "context": "Kamak works as a baker."}
     edit = "What is the job of Kamak?\n baker\nKamak keeps a cat.\nWhy?\nWhere?\nBrill"
@@ -116,28 +88,3 @@ def test_qa_pairs_train_a_question_with_its_answer_in_the_probe_form():
     assert len(knowledge.training_texts(rec, edit, with_passage=False)) == 6  # off: one line each
     probe = knowledge.question_prompt("Kamak", "What is the job of Kamak?") + "baker"
     assert probe.endswith(knowledge.training_texts(rec, edit, False, True)[0].split("\n", 1)[1])
-
-
-def test_report_fits_batched_answer_like_sequential_fits(monkeypatch):
-    """The report's batched fits (the default) give the answers the sequential peft fits give."""
-    from seal import world_report
-    from seal.config import load_config
-    from seal.models import choose_placement, load_model, load_tokenizer
-    from seal.tasks import knowledge
-
-    base = "world:seed=0,hidden=64,layers=2,steps=20,batch=4,row=96"
-    answers: dict[str, list[list[str]]] = {}
-    grade = knowledge.grade_outputs
-    for batched in ("false", "true"):
-        cfg = load_config("configs/world-demo.yaml", [f"model.base={base}", "inner.epochs=2",
-                                                      f"inner.batched={batched}"])
-        records = knowledge.load_records(world_report.heldout_source(cfg.task.data))[:3]
-        model = load_model(base, choose_placement("cpu", "float32"))
-        seen = answers.setdefault(batched, [])
-        monkeypatch.setattr(knowledge, "grade_outputs",
-                            lambda rec, out, task_cfg, seen=seen: seen.append(out) or grade(rec, out, task_cfg))
-        scores = world_report.incorporate(model, load_tokenizer(base), records, None, cfg, 0, True)
-        assert len(scores) == 3
-    assert len(answers["true"]) == 3
-    assert len({tuple(out) for out in answers["true"]}) > 1  # the answers depend on each passage's fit
-    assert answers["true"] == answers["false"]
