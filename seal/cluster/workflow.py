@@ -24,7 +24,7 @@ WORKFLOW_NAME = "seal-restem-x7k2p"  # generateName plus Argo's 5 random charact
 
 def default_workflow_path() -> Path:
     """workflows/restem.yaml of the checkout this package runs from."""
-    return Path(__file__).resolve().parents[1] / "workflows" / "restem.yaml"
+    return Path(__file__).resolve().parents[2] / "workflows" / "restem.yaml"
 
 
 def load_workflow(path: str | Path | None = None) -> dict[str, Any]:

@@ -10,47 +10,16 @@ import os
 import pytest
 from argo_local import LocalArgo
 from conftest import tiny_overrides
-from test_run_local import check_layout
+from run_checks import check_layout, sets, snapshot
 
 from seal.cli import main
 from seal.cluster.workflow import load_workflow, run_parameters
 from seal.config import load_config
-from seal.store import Store, open_store
+from seal.store import open_store
 
 pytestmark = pytest.mark.slow
 
-# Wall-clock figures, run.json's timestamps and status, and where the store is (a folder or S3) are
-# the only things allowed to differ.
-TIMING = {"gen_s", "fit_s", "score_s", "seconds", "created", "updated", "message", "status", "store"}
 S3_VARS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
-
-
-def _strip(obj):
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in TIMING}
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
-
-
-def snapshot(run: Store, prefix: str = "") -> dict[str, object]:
-    """Every object of a run: JSON and JSON lines without timings, anything else as bytes."""
-    out: dict[str, object] = {}
-    for key in run.list(prefix):
-        rel = key
-        if key.endswith(".jsonl"):
-            out[rel] = [_strip(r) for r in run.read_jsonl(key)]
-        elif key.endswith(".json"):
-            out[rel] = _strip(run.read_json(key))
-            if key.endswith("adapter_config.json"):  # PEFT writes a set: its order varies by process
-                out[rel]["target_modules"] = sorted(out[rel]["target_modules"])
-        else:
-            out[rel] = run.read_bytes(key)
-    return out
-
-
-def sets(overrides: list[str]) -> list[str]:
-    return sum((["--set", o] for o in overrides), [])
 
 
 def test_restem_yaml_on_the_local_executor_matches_seal_run(tmp_path, s3_env, capsys):

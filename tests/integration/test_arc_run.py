@@ -146,7 +146,7 @@ def test_eval_arc_rejects_bad_input(tmp_path, capsys):
                  '"lr": 1e-4, "epochs": 1}']) == 2
     assert "unknown augmentation family 'spin'" in capsys.readouterr().err
     assert main(["eval-arc", cfg, *base, "--run", str(tmp_path / "nope")]) == 2
-    assert "no run.json there" in capsys.readouterr().err
+    assert "nope/run.json does not exist" in capsys.readouterr().err
     assert main(["eval-arc", cfg, *base, "--rows", "best"]) == 2
     assert "--rows best: choose from policy,untrained,icl,oracle" in capsys.readouterr().err
     assert main(["eval-arc", cfg, "--oracle", "{}"]) == 2

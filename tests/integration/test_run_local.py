@@ -12,6 +12,7 @@ import time
 
 import pytest
 from conftest import tiny_overrides
+from run_checks import check_layout
 
 from seal.cli import main
 from seal.store import open_store
@@ -26,46 +27,6 @@ def run_cli(args: list[str]) -> int:
 def file_times(root) -> dict:
     """Modification times of every artifact but run.json (whose status each run updates)."""
     return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p.name != "run.json"}
-
-
-def check_layout(run_uri: str) -> dict:
-    """Every artifact of DESIGN.md's layout is there, consistent; returns the figures to compare."""
-    run = open_store(run_uri)
-    meta = run.read_json("run.json")
-    assert meta["status"] == "succeeded" and meta["config"]["rounds"] == 2
-    figures = {}
-    for r in range(2):
-        plan = run.read_json(f"round-{r}/plan.json")
-        assert len(plan["contexts"]) == 3 and len(plan["sample_shards"]) == 2 and len(plan["adapt_shards"]) == 3
-        edits = [row for s in range(2) for row in run.read_jsonl(f"round-{r}/edits/{s:05d}.jsonl")]
-        assert sorted((e["context"], e["k"]) for e in edits) == sorted((c, k) for c in plan["contexts"] for k in (0, 1))
-        assert all(e["prompt"] and e["backend"] == "transformers" for e in edits)
-        scores = [row for a in range(3) for row in run.read_jsonl(f"round-{r}/scores/{a:05d}.jsonl")]
-        assert len(scores) == 6
-        for s in scores:
-            assert len(s["rewards"]) == 1 and 0.0 <= s["reward"] <= 1.0 and "baseline" in s
-            adapter = f"round-{r}/adapters/{s['context']}/{s['k']}/0"
-            assert run.exists(adapter)
-            assert any(k.endswith("adapter_config.json") for k in run.list(adapter))
-        kept = run.read_jsonl(f"round-{r}/kept.jsonl")
-        assert len(kept) == 3  # top1 with min_reward=-1: one per context
-        policy = run.read_json(f"round-{r}/policy/policy.json")
-        assert policy["adapter"] is True and policy["examples"] == 3
-        assert any(k.endswith("adapter_model.safetensors") for k in run.list(f"round-{r}/policy"))
-        summary = run.read_json(f"round-{r}/summary.json")
-        assert summary["kept"] == 3 and summary["candidates"] == 6
-        figures[r] = {
-            "edits": sorted((e["context"], e["k"], e["text"]) for e in edits),
-            "rewards": sorted((s["context"], s["k"], s["rewards"][0], s["baseline"]) for s in scores),
-            # rewards of a random tiny model are ~0; the fits' losses show the training reproduced
-            "losses": sorted((s["context"], s["k"], tuple(s["losses"][0])) for s in scores),
-            "policy_loss": policy["last_loss"],
-            "kept": [(k["context"], k["k"]) for k in kept],
-            "summary": {k: summary[k] for k in ("mean_reward", "max_reward", "mean_baseline", "kept", "tokens")},
-        }
-    # round 1 samples from round 0's policy, so its edits differ from a fresh start's
-    assert figures[0]["edits"] != figures[1]["edits"]
-    return figures
 
 
 def test_run_on_folder_then_rerun_does_nothing(tmp_path, capsys):

