@@ -30,7 +30,7 @@ from seal.cluster.workflow import (
 )
 from seal.config import RunConfig, apply_overrides, from_dict
 from seal.errors import ConfigError, SealError, TransientError
-from seal.stages.runs import set_status
+from seal.stages.runs import RUN_JSON, set_status
 from seal.store import open_store
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def finish(run_uri: str, argo_status: str) -> str:
     if argo_status not in ARGO_STATUS:
         raise ConfigError(f"--status {argo_status}: expected one of {', '.join(ARGO_STATUS)} (Argo's workflow.status)")
     run = open_store(run_uri)
-    if not run.exists("run.json"):
+    if not run.exists(RUN_JSON):
         # init never ran (or failed): there is no run to record a status in, and failing the exit
         # handler too would only hide the first error.
         return f"{run_uri}: no run.json, nothing to record (the workflow ended {argo_status})"

@@ -6,6 +6,7 @@ engine per process), and a single `seal run` covers the stages. Skipped when vLL
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -102,3 +103,27 @@ def test_seal_run_with_vllm_sampling_and_batched_scoring(tmp_path, engine_cfg):
         assert len(scores) == 6
         assert all(s["score_backend"] == "vllm" and len(s["answers"]) == 1 for s in scores)
         assert run.exists(f"round-{r}/summary.json")
+
+
+def test_eval_arc_samples_through_the_configured_backend(tmp_path, monkeypatch):
+    """`seal eval-arc --set sampling.backend=vllm` samples its self-edits on the vLLM engine (the one
+    generation seam, seal.generation.backend), then test-time trains and scores them as usual."""
+    from seal.cli import main
+    from seal.generation.vllm_backend import VllmGenerator
+
+    calls = []
+    real = VllmGenerator.generate
+
+    def counted(self, prompts, seeds, params, loras=None):
+        calls.append(len(prompts))
+        return real(self, prompts, seeds, params, loras)
+
+    monkeypatch.setattr(VllmGenerator, "generate", counted)
+    out = tmp_path / "arc.json"
+    sets = sum((["--set", o] for o in VLLM_SETS), [])
+    assert main(["eval-arc", "configs/arc-demo-cpu.yaml", *sets, "--rows", "untrained", "--edits", "2",
+                 "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["row"] == "untrained" and row["edits"] == 2 * row["contexts"] == 8
+    assert calls[0] == 8  # the 8 self-edits came from vLLM in one call
+    assert all(d["edit"] and "reward" in d for d in row["details"])
