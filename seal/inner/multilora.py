@@ -1,4 +1,5 @@
-"""Batched multi-LoRA: B candidate adapters trained (and scored) together over one frozen base.
+"""The batched trainer: B LoRA adapters trained together over one frozen base (and, through
+seal.inner.score, scored together).
 
 The inner loop fits hundreds of small adapters at batch size 1; one such step leaves a GPU (and
 most of a CPU's vector units) idle. Here every targeted linear layer keeps the B adapters stacked,
@@ -10,15 +11,15 @@ so one forward/backward of the shared base advances B fits at once. Nothing is s
 adapters except the frozen base, so each one trains exactly as if it were alone:
 
 - initial values are copied from peft (`train.attach_lora` with the fit's seed), not re-derived;
-- each adapter walks its own seeded data order, batch size and epochs (`train.schedule`, as
-  `train.train` walks it);
-  one that runs out of steps stops updating while the others go on;
+- each adapter walks its own seeded data order, batch size and epochs (`train.schedule`, the
+  order `train.train` walks too); one that runs out of steps stops updating while the others go on;
 - the loss is the sum over adapters of each adapter's own per-batch token mean (what the
   sequential loop's `model(**batch).loss` is), so adapter b's gradient is its own loss's gradient;
 - AdamW runs per adapter (its own lr, weight decay and step count), vectorised over the stack,
   with exactly torch.optim.AdamW's update rule; adapters without a batch this step do not move.
 
-`tests/integration/test_multilora.py` checks adapters, losses and answers against the sequential path.
+`tests/integration/test_multilora.py` checks adapters, losses and answers against the sequential
+path.
 Adapters are written in peft's on-disk format, so peft and vLLM load them like any other.
 """
 

@@ -23,6 +23,7 @@ from seal.stages.runs import (
     kept_key,
     policy_has_adapter,
     policy_key,
+    policy_meta_key,
     read_edits,
     read_plan,
     read_scores,
@@ -123,7 +124,7 @@ def write_policy(rt: Runtime, round_: int, kept: list[dict[str, Any]]) -> dict[s
     run, cfg = rt.run, rt.cfg
     key = policy_key(round_)
     if run.exists(key):
-        return run.read_json(f"{key}/policy.json")
+        return run.read_json(policy_meta_key(round_))
     previous = round_ > 0 and policy_has_adapter(run, round_ - 1)
     with tempfile.TemporaryDirectory(prefix="seal-mstep-") as tmp, \
             tempfile.TemporaryDirectory(prefix="seal-prev-") as prev_dir:

@@ -47,6 +47,11 @@ def policy_key(round_: int) -> str:
     return round_key(round_, "policy")
 
 
+def policy_meta_key(round_: int) -> str:
+    """policy.json inside policy/: whether the M-step left an adapter, and its loss figures."""
+    return round_key(round_, "policy/policy.json")
+
+
 def adapters_key(round_: int) -> str:
     return round_key(round_, "adapters")
 
@@ -162,12 +167,12 @@ def summaries(run: Store) -> list[dict[str, Any]]:
 
 def policy_has_adapter(run: Store, round_: int) -> bool:
     """Whether round r's M-step left an adapter (nothing kept and nothing to carry: the base)."""
-    return bool(run.read_json(f"{policy_key(round_)}/policy.json")["adapter"])
+    return bool(run.read_json(policy_meta_key(round_))["adapter"])
 
 
 def last_policy_round(run: Store) -> int:
     """The last round whose M-step finished, or -1."""
     r = -1
-    while run.exists(f"{policy_key(r + 1)}/policy.json"):
+    while run.exists(policy_meta_key(r + 1)):
         r += 1
     return r
