@@ -1,4 +1,4 @@
-"""Knowledge task: records, prompts, inner-loop data, SQuAD grading, and the LLM judge."""
+"""Knowledge task: records, prompts, inner-loop data, SQuAD grading (the LLM judge: tests/integration/test_judge.py)."""
 
 import json
 

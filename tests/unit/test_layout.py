@@ -103,3 +103,11 @@ def test_design_doc_is_in_the_repository():
                          capture_output=True, text=True)
     hits = [line for line in out.stdout.splitlines() if not line.startswith("tests/unit/test_layout.py")]
     assert hits == []
+
+
+def test_every_subcommand_has_one_handler():
+    from seal.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")  # argparse's subparsers action
+    assert set(sub.choices) == set(COMMANDS)

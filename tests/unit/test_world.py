@@ -1,6 +1,6 @@
-"""seal.world (the synthetic world), seal.warmstart (its base model) and seal.world_report (the
-held-out table): determinism, no leak of held-out facts into any training data, style heuristic,
-and a cut-down end-to-end run that produces every row of the table."""
+"""seal.tasks.world (the synthetic world) and seal.models.warmstart (its base model's data):
+determinism, no leak of held-out facts into any training data, the style heuristic. The
+end-to-end run is in tests/integration/test_world_pipeline.py."""
 
 from __future__ import annotations
 
