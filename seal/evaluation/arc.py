@@ -74,10 +74,11 @@ def sample_edits(rt: Runtime, policy: int, records: list[dict], k: int, tag: str
 
 
 def run_edits(model: Any, tokenizer: Any, records: list[dict], edits: list[list[str]], cfg: RunConfig,
-              bar: Any) -> list[dict[str, Any]]:
-    """Test-time train and score every edit, as the adapt stage does; one score row per (context, edit)."""
+              bar: Any, merged: bool = False) -> list[dict[str, Any]]:
+    """Test-time train and score every edit, as the adapt stage does; one score row per (context,
+    edit). `merged`: `model` has a policy merged in (a vLLM scorer must serve those weights)."""
     cands = [Candidate(c, k, text) for c, texts in enumerate(edits) for k, text in enumerate(texts)]
-    rows = candidate_rows(model, tokenizer, arc, records, cands, cfg, 0)
+    rows = candidate_rows(model, tokenizer, arc, records, cands, cfg, 0, merged=merged)
     for row, cand in zip(rows, cands, strict=True):
         row["edit"] = cand.text
     bar.update(len(rows))
@@ -117,7 +118,8 @@ def evaluate(cfg: RunConfig, run_uri: str | None, oracle: str | None, edits_per_
                 if not policy_has_adapter(run, policy_round):
                     note += ", nothing kept yet: the base model"
                 edits = sample_edits(rt, policy_round + 1, records, edits_per_context, "policy")
-                result = run_edits(rt.policy_model(policy_round + 1), rt.tokenizer, records, edits, cfg, bar)
+                result = run_edits(rt.policy_model(policy_round + 1), rt.tokenizer, records, edits, cfg, bar,
+                                   merged=rt.has_policy_adapter(policy_round + 1))
                 rt.release()
                 out.append(summarize(name, records, result, note))
                 continue
