@@ -1,7 +1,7 @@
 """Invertible grid transforms: the augmentation families a self-edit picks, and voting views.
 
 Every transform is a pair (forward, inverse). `forward` is injective on grids, and
-`inverse(forward(g)) == g` for every grid g (tests/test_arc_augment.py checks this with
+`inverse(forward(g)) == g` for every grid g (tests/unit/test_arc.py checks this with
 hypothesis). The geometric ones (the dihedral group: rotations, flips, transposes) are bijections
 of all grids, so `inverse` accepts any grid; size and repeat transforms only reach some grids, and
 their `inverse` returns None for a grid outside their image (e.g. a "2x up-scaled" grid whose
