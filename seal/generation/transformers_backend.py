@@ -8,12 +8,9 @@ same `generate()` signature; `seal.generation.backend.make_generator` picks betw
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from seal.generation.params import Completion, GenParams
-
-log = logging.getLogger(__name__)
 
 
 class TransformersGenerator:
