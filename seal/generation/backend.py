@@ -22,21 +22,31 @@ from seal.models.loading import resolve_model
 
 log = logging.getLogger(__name__)
 
+_logged: set[tuple[str, str]] = set()  # (setting, choice) pairs already logged by this process
+
+
+def _log_choice(setting: str, chosen: str, why: str) -> None:
+    """Log a backend choice once per process: every shard and scoring call asks again."""
+    if (setting, chosen) not in _logged:
+        _logged.add((setting, chosen))
+        log.info("generation backend: %s (sampling.backend=%s%s)", chosen, setting, why)
+
+
 def backend_name(setting: str) -> str:
-    """'transformers' or 'vllm' for a sampling.backend setting; logs the choice."""
+    """'transformers' or 'vllm' for a sampling.backend setting; logs the choice (once)."""
     if setting == "auto":
         import torch
 
         gpu = torch.cuda.is_available()
         chosen = "vllm" if gpu and installed() else "transformers"
         why = "GPU present" if chosen == "vllm" else ("no GPU" if not gpu else "vllm is not installed")
-        log.info("generation backend: %s (sampling.backend=auto, %s)", chosen, why)
+        _log_choice(setting, chosen, f", {why}")
     elif setting == "vllm" and not installed():
         raise ConfigError("sampling.backend=vllm but vllm is not installed: `pip install vllm` on a GPU "
                           "machine, `make install-vllm` on CPU, or set sampling.backend=auto")
     elif setting in ("transformers", "vllm"):
         chosen = setting
-        log.info("generation backend: %s (sampling.backend=%s)", chosen, setting)
+        _log_choice(setting, chosen, "")
     else:
         raise ConfigError(f"sampling.backend={setting!r}: choose auto, transformers or vllm")
     return chosen

@@ -64,13 +64,14 @@ def candidate_rows(model: Any, tokenizer: Any, task: Task, records: list[dict[st
         row["fit_s"].append(round(out.fit_s, 4))
         row["score_s"].append(round(out.score_s, 4))
     base_scores = {c: g["score"] for c, g in zip(contexts, base, strict=True)}
+    # The sequential trainer scores each peft model with transformers; the batched one on the
+    # configured backend.
+    trainer = {"trainer": "batched", "score_backend": backend_name(cfg.sampling.backend)} if cfg.inner.batched \
+        else {"trainer": "sequential"}
     for row in rows:
         if "reward" not in row:
             row["reward"] = sum(row["rewards"]) / len(row["rewards"])
-        if cfg.inner.batched:
-            row["trainer"], row["score_backend"] = "batched", backend_name(cfg.sampling.backend)
-        else:
-            row["trainer"] = "sequential"
+        row.update(trainer)
         if baselines:
             row["baseline"] = base_scores[row["context"]]
     return rows

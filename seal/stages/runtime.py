@@ -30,6 +30,7 @@ class Runtime:
         self._tokenizer: Any = None
         self._model: Any = None
         self._model_round: int | None = None
+        self._adapter_dirs: dict[int, str] = {}  # round -> its policy adapter, fetched for vLLM
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -76,9 +77,11 @@ class Runtime:
         def fetch_adapter() -> str | None:
             if not self.has_policy_adapter(round_):
                 return None
-            folder = local_dir("seal-policy-")  # lives until exit: vLLM reads adapters lazily
-            self.run.get_dir(policy_key(round_ - 1), folder)
-            return folder
+            if round_ not in self._adapter_dirs:  # once per round: shards and seeds ask again
+                folder = local_dir("seal-policy-")  # lives until exit: vLLM reads adapters lazily
+                self.run.get_dir(policy_key(round_ - 1), folder)
+                self._adapter_dirs[round_] = folder
+            return self._adapter_dirs[round_]
 
         return make_generator(self.cfg, self.tokenizer, lambda: self.policy_model(round_), fetch_adapter)
 
