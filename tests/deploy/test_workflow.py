@@ -174,7 +174,8 @@ def test_pods_run_as_the_images_user_with_writable_tmp_and_cache_and_no_api_toke
     assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (10001, 10001, 10001) and sc["runAsNonRoot"]
     assert sc["fsGroupChangePolicy"] == "OnRootMismatch"
     assert spec["automountServiceAccountToken"] is False
-    assert spec["executor"]["serviceAccountName"] == spec["serviceAccountName"] == "{{workflow.parameters.service-account}}"
+    account = "{{workflow.parameters.service-account}}"
+    assert spec["executor"]["serviceAccountName"] == spec["serviceAccountName"] == account
     volumes = {v["name"]: v for v in spec["volumes"]}
     for dockerfile in ("Dockerfile.cpu", "Dockerfile.gpu"):
         text = (ROOT / "docker" / dockerfile).read_text()
