@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML run config (its store must be s3://)")
     _config_args(p)
     p.add_argument("-p", "--parameter", dest="parameters", action="append", default=[], metavar="NAME=VALUE",
-                   help="a workflow parameter, e.g. -p image=ghcr.io/you/seal:0.1.0 -p adapt-gpus=2")
+                   help="a workflow parameter, e.g. -p image=ghcr.io/you/seal:0.1.0 -p max-pods-per-stage=16")
     p.add_argument("--argo-server", default=os.environ.get("ARGO_SERVER"),
                    help="Argo Server URL (default: $ARGO_SERVER; token from $ARGO_TOKEN); "
                    "without one, the Workflow is created through the Kubernetes API (kubeconfig or in-cluster)")
@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print", dest="print_only", action="store_true",
                    help="print the filled-in, checked Workflow as YAML instead of submitting it "
                    "(for `argo submit FILE` or `kubectl create -f -`)")
+    p.add_argument("--model-cache-claim", metavar="PVC",
+                   help="mount this PersistentVolumeClaim at /cache (model weights) in every pod instead of "
+                   "an emptyDir each, so the base model is downloaded once (workflows/model-cache.yaml makes one)")
 
     p = sub.add_parser("status", help="a run's progress per round, read from the store alone")
     p.add_argument("run", help="run URI: <store>/<run_id>")
@@ -316,7 +319,8 @@ def cmd_finish(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    out = submit.submit(cfg, args.workflow, args.parameters, args.argo_server, args.namespace, args.print_only)
+    out = submit.submit(cfg, args.workflow, args.parameters, args.argo_server, args.namespace, args.print_only,
+                        args.model_cache_claim)
     print(out, end="" if args.print_only else "\n")
     return 0
 

@@ -26,6 +26,7 @@ from seal.cluster.workflow import (
     reference_errors,
     run_parameters,
     schema_errors,
+    with_model_cache_claim,
     with_parameters,
 )
 from seal.config import RunConfig, apply_overrides, from_dict
@@ -104,11 +105,12 @@ def parse_parameters(items: list[str]) -> dict[str, str]:
     return out
 
 
-def build_workflow(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str]) -> dict[str, Any]:
-    """restem.yaml with this run's parameters, checked the way the cluster would check it, and
-    refused when its final size could pass etcd's limit."""
+def build_workflow(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str],
+                   model_cache_claim: str | None = None) -> dict[str, Any]:
+    """restem.yaml with this run's parameters (and /cache on a claim, if given), checked the way
+    the cluster would check it, and refused when its final size could pass etcd's limit."""
     params = run_parameters(cfg, doc, extra)
-    wf = with_parameters(doc, params)
+    wf = with_parameters(with_model_cache_claim(doc, model_cache_claim) if model_cache_claim else doc, params)
     values = {p["name"]: p.get("value") for p in wf["spec"]["arguments"]["parameters"]}
     for t in wf["spec"]["templates"]:
         if "podSpecPatch" in t:
@@ -132,10 +134,10 @@ def build_workflow(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str]) -
 
 
 def submit(cfg: RunConfig, workflow: str | None, parameters: list[str], argo_server: str | None,
-           namespace: str, print_only: bool = False) -> str:
+           namespace: str, print_only: bool = False, model_cache_claim: str | None = None) -> str:
     """Fill the workflow for `cfg` and create it (Argo Server when a URL is given, else the
     Kubernetes API); returns the workflow's name, or with `print_only` the filled-in YAML."""
-    wf = build_workflow(cfg, load_workflow(workflow), parse_parameters(parameters))
+    wf = build_workflow(cfg, load_workflow(workflow), parse_parameters(parameters), model_cache_claim)
     if print_only:
         import yaml
 
