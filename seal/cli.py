@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="with --dry-run: a YAML run config instead of a run")
     _config_args(p)
     p.add_argument("--workflow", help="with --dry-run: the workflow file (default: workflows/restem.yaml)")
+    p.add_argument("--gpu", help="with --dry-run: also a GPU pod's memory plan on this GPU type (h100-80gb, "
+                   "a100-40gb, h200-141gb, ... or a size in GiB) and the GPU types the config fits")
+    p.add_argument("--row-tokens", type=int, default=None,
+                   help="with --gpu: the longest training row in tokens (default: model.max_length)")
 
     p = sub.add_parser("sample", help="sample self-edits for one shard of contexts")
     _stage_args(p, shard=True)
@@ -276,7 +280,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 raise ConfigError("--set goes with --config; a run's config is fixed in its run.json")
             _, cfg = run_config(args.run, "check the run URI, or pass --config FILE")
             source = args.run
-        print(submit.dry_run(cfg, source, args.workflow, args.max_pods))
+        print(submit.dry_run(cfg, source, args.workflow, args.max_pods, args.gpu, args.row_tokens))
         return 0
     if args.run is None or args.round is None:
         raise ConfigError("seal plan needs --run URI and --round R (or --dry-run with --config FILE)")

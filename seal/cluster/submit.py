@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from seal.cluster import gpu_memory
 from seal.cluster.workflow import (
     ETCD_LIMIT,
     dry_run_report,
@@ -85,10 +86,14 @@ def finish(run_uri: str, argo_status: str) -> str:
 # --- seal plan --dry-run
 
 
-def dry_run(cfg: RunConfig, source: str, workflow: str | None, max_pods: int | None) -> str:
-    """`seal plan --dry-run`: pods per stage and the workflow object's estimated size, as text."""
+def dry_run(cfg: RunConfig, source: str, workflow: str | None, max_pods: int | None, gpu: str | None = None,
+            row_tokens: int | None = None) -> str:
+    """`seal plan --dry-run`: pods per stage and the workflow object's estimated size, and with
+    `gpu` a GPU pod's memory on that GPU type and the types the config fits, as text."""
     doc = load_workflow(workflow)
     text, _ = dry_run_report(cfg, doc, source, max_pods if max_pods is not None else max_pods_default(doc))
+    if gpu:
+        text += "\n" + gpu_memory.report(cfg, gpu, row_tokens)
     return text
 
 
