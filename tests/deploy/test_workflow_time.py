@@ -109,7 +109,7 @@ def test_a_pod_past_its_own_deadline_is_stopped_by_the_kubelet_and_resumes_on_a_
 
 def test_a_pod_preempted_after_an_hour_is_retried():
     res = run({("adapt", "1", 0): Attempt(pending_s=WAIT_FOR_GPU_S, run_s=3 * H, fail_after_s=1 * H,
-                                          failure=Failure.preempted())})
+                                          failure=Failure.preempted())}, SHORT)
     assert res.phase == "Succeeded", res.message
     first, second = attempts(res, "adapt", "1")
     assert (first.phase, first.message, first.exit_code) == ("Error", "pod deleted", -1)
@@ -119,7 +119,7 @@ def test_a_pod_preempted_after_an_hour_is_retried():
 def test_a_retry_may_run_longer_than_30_minutes():
     """Attempt 0 hits a throttled store after 10 min (exit 75); attempt 1 needs its 3 hours."""
     res = run({("adapt", "2", 0): Attempt(run_s=10 * M, exit_code=75),
-               ("adapt", "2", 1): Attempt(pending_s=WAIT_FOR_GPU_S, run_s=3 * H)})
+               ("adapt", "2", 1): Attempt(pending_s=WAIT_FOR_GPU_S, run_s=3 * H)}, SHORT)
     first, second = attempts(res, "adapt", "2")
     assert first.exit_code == 75
     ran = (second.finished - second.started) / H
