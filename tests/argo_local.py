@@ -445,7 +445,8 @@ class LocalArgo:
                 return outputs
             if retry is None:
                 raise WorkflowFailed(self._failure(t, pod, pod.message))
-            # operator.go, processNodeRetries, in its order.
+            # operator.go, processNodeRetries, in its order: workflow deadline, maxDuration, backoff
+            # (waited before anything else is decided), retryPolicy, limit, expression.
             n = attempt + 1  # attempts made: len(childNodeIds)
             if self.wf_deadline is not None and self.clock.now > self.wf_deadline:
                 raise WorkflowFailed(self._failure(t, pod, f"retry exceeded workflow deadline ({pod.message})"))
@@ -488,7 +489,9 @@ class LocalArgo:
 
     def _deadlines(self, rendered: dict[str, Any], created: float, timeout: float | None,
                    node_start: float, execution_deadline: float | None) -> tuple[float | None, float | None]:
-        """The pod's activeDeadlineSeconds and the executor's ARGO_DEADLINE, as workflowpod.go sets them."""
+        """The pod's activeDeadlineSeconds (workflowpod.go, build: the template's, the workflow's
+        remaining time, then the timeout's deadline) and the executor's ARGO_DEADLINE (workflowpod.go,
+        getDeadline: the workflow's deadline unless on exit, or the earlier execution deadline)."""
         ads = float(rendered["activeDeadlineSeconds"]) if "activeDeadlineSeconds" in rendered else None
         if self.wf_deadline is not None and not self._on_exit:
             remaining = self.wf_deadline - created
@@ -541,8 +544,9 @@ class LocalArgo:
         pod = Pod(t["name"], argv, -1, attempt, inputs=inputs, created=created, deadline_s=ads)
         self.pods.append(pod)
 
-        # Pending: the controller's timeout check (only on a pod node, see the module doc) and the
-        # workflow deadline's sweep of Pending nodes.
+        # Pending: the controller's timeout check (operator.go, executeTemplate ->
+        # checkTemplateTimeouts: only on a pod node, see the module doc) and the workflow
+        # deadline's sweep of Pending nodes (operator.go, "fail pending and suspended nodes").
         bound = created + plan.pending_s
         pending_ends = []
         if pending_check and timeout is not None:
@@ -557,7 +561,8 @@ class LocalArgo:
         pod.started = bound
 
         # Running: the first of its own end, a failure the cluster inflicts, the kubelet's
-        # activeDeadlineSeconds (from the start on the node) and the executor's deadline.
+        # activeDeadlineSeconds (from the start on the node) and the executor's deadline
+        # (executor.go, monitorDeadline: the wait container kills main, which gets SIGTERM).
         ends: list[tuple[float, str, str, int | None]] = []  # (time, phase, message, exit code)
         if ads is not None:
             ends.append((bound + ads, "Failed", DEADLINE_MESSAGE, SIGTERM_EXIT))
