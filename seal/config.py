@@ -80,10 +80,10 @@ class ArcConfig(Section):
         description="Task ids of task.data to use (empty: all). The paper used 11 of the 12 training "
         "tasks and 8 of the 10 evaluation tasks (configs/arc-llama-3.2-1b.yaml lists them).",
     )
-    chat: Literal["auto", "off"] = Field(
+    chat: Literal["auto", "plain"] = Field(
         "auto",
         description="Puzzles and the self-edit prompt in the model's chat format: 'auto' applies the "
-        "tokenizer's chat template when it has one (the paper, Llama-3.2-1B-Instruct); 'off': plain text.",
+        "tokenizer's chat template when it has one (the paper, Llama-3.2-1B-Instruct); 'plain': plain text always.",
     )
     edit_attempts: int = Field(
         8, ge=1, le=64,
