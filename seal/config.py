@@ -101,6 +101,12 @@ class ArcConfig(Section):
         description="Extra copies of each augmented puzzle with colours 1-9 randomly permuted "
         "(0, the background, stays).",
     )
+    leave_two_out_pairs: Literal["all", "neighbour"] = Field(
+        "all",
+        description="leave_two_out: which second demonstration is held out with each query: every "
+        "other one (the paper: n(n-1) puzzles) or only the query's cyclic neighbour (n puzzles, "
+        "seal's earlier behaviour).",
+    )
     color_permute_unaugmented: bool = Field(
         False,
         description="Add colour-permuted copies also when the edit chose no augmentation family "

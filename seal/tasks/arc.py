@@ -257,20 +257,23 @@ def parse_edit(text: str, arc: Any) -> tuple[Edit | None, str, list[str]]:
 # --- test-time training data
 
 
-def leave_out_splits(pairs: list[Pair], leave_two_out: bool) -> list[tuple[list[Pair], Pair]]:
+def leave_out_splits(pairs: list[Pair], leave_two_out: bool, two_out: str = "all") -> list[tuple[list[Pair], Pair]]:
     """(demonstrations, query) puzzles made from the task's own demonstrations.
 
     Leave-one-out: each demonstration in turn is the query, the others its demonstrations.
-    Leave-two-out (tasks with >= 3 demonstrations): each demonstration i is the query again, with
-    its cyclic neighbour i+1 also held out, so the model sees puzzles with one demonstration
-    fewer (TTT, Akyurek et al. 2024). Why one neighbour and not every pair: all n(n-1) ordered
-    pairs would make a 6-demonstration task's data 6x larger and push nearly every edit on it
-    over the compute cap; n puzzles keep the data linear in n.
+    Leave-two-out (tasks with >= 3 demonstrations): each demonstration i is the query again with
+    one more demonstration held out, so the model sees puzzles with one demonstration fewer (TTT,
+    Akyurek et al. 2024): every other demonstration j in turn (`two_out="all"`, the paper's
+    n(n-1) puzzles; the truncation to `max_examples` keeps the data bounded), or only i's cyclic
+    neighbour (`"neighbour"`, n puzzles). The reference also builds leave-two-out puzzles with no
+    demonstration at all for 2-demonstration tasks; seal does not.
     """
     n = len(pairs)
     splits = [([p for j, p in enumerate(pairs) if j != i], pairs[i]) for i in range(n)]
     if leave_two_out and n >= 3:
-        splits += [([p for k, p in enumerate(pairs) if k not in (i, (i + 1) % n)], pairs[i]) for i in range(n)]
+        drops = [(i, j) for i in range(n) for j in range(n) if j != i] if two_out == "all" \
+            else [(i, (i + 1) % n) for i in range(n)]
+        splits += [([p for k, p in enumerate(pairs) if k not in (i, j)], pairs[i]) for i, j in drops]
     return splits
 
 
@@ -295,7 +298,7 @@ def build_ttt_examples(record: dict[str, Any], edit: Edit, arc: Any, seed: int) 
     colors = arc.color_permutations if (edit.augmentations or arc.color_permute_unaugmented) else 0
     puzzles: list[tuple[list[Pair], Pair]] = []
     dropped = 0
-    for demos, query in leave_out_splits(record["train"], arc.leave_two_out):
+    for demos, query in leave_out_splits(record["train"], arc.leave_two_out, arc.leave_two_out_pairs):
         for t in edit_transforms(edit):
             tdemos = [_map_pair(p, t.forward) for p in demos]
             tquery = _map_pair(query, t.forward)

@@ -182,7 +182,7 @@ def test_unparseable_edit_is_skipped_not_crashed():
 
 
 def test_ttt_splits_and_counts():
-    cfg = arc_cfg("task.arc.color_permutations=0")
+    cfg = arc_cfg("task.arc.color_permutations=0", "task.arc.leave_two_out_pairs=neighbour")
     rec = arc.load_contexts(cfg.task)[1]  # 5582e5ca: 3 demonstrations
     e, _, _ = arc.parse_edit(edit_text(augmentations=[]), cfg.task.arc)
     ex, stats = arc.build_ttt_examples(rec, e, cfg.task.arc, seed=0)
@@ -190,6 +190,12 @@ def test_ttt_splits_and_counts():
     queries = [x.prompt.rsplit("Input:\n", 1)[1] for x in ex]
     assert sorted(queries) == sorted(2 * [arc.grid_to_text(p["input"]) + "\nOutput:\n" for p in rec["train"]])
     assert [x.prompt.count("Input:") for x in ex].count(2) == 3  # leave-two-out: 1 demonstration + query
+    pairs = arc_cfg("task.arc.color_permutations=0").task.arc  # the paper: every second demonstration
+    ex, stats = arc.build_ttt_examples(rec, e, pairs, seed=0)
+    assert stats["built"] == len(ex) == 3 + 3 * 2
+    assert sorted(x.prompt for x in ex if x.prompt.count("Input:") == 2) == sorted(
+        arc.puzzle_text([d], q["input"]) for i, q in enumerate(rec["train"])
+        for j, d in enumerate(rec["train"]) if j != i)
     e, _, _ = arc.parse_edit(edit_text(augmentations=["basic", "repeat"]), cfg.task.arc)
     ex, stats = arc.build_ttt_examples(rec, e, cfg.task.arc, seed=0)
     assert stats["built"] == 6 * (1 + 7 + 3)
@@ -204,7 +210,7 @@ def test_ttt_splits_and_counts():
 
 
 def test_ttt_builder_respects_its_caps():
-    cfg = arc_cfg("task.arc.max_examples=7", "task.arc.max_grid_side=5")
+    cfg = arc_cfg("task.arc.max_examples=7", "task.arc.max_grid_side=5", "task.arc.leave_two_out_pairs=neighbour")
     rec = arc.load_contexts(cfg.task)[1]  # 5582e5ca: 3x3 grids: up-scaled 2x they are 6x6, past the side cap
     e, _, _ = arc.parse_edit(edit_text(augmentations=["size", "chain", "repeat"]), cfg.task.arc)
     ex, stats = arc.build_ttt_examples(rec, e, cfg.task.arc, seed=1)
@@ -217,7 +223,7 @@ def test_ttt_builder_respects_its_caps():
     again, _ = arc.build_ttt_examples(rec, e, cfg.task.arc, seed=1)
     assert again == ex  # seeded: the same edit builds the same data
     # leave-one-out puzzles hold 3 pairs of 3x3 grids (54 cells), leave-two-out ones 2 pairs (36)
-    cells = arc_cfg("task.arc.max_example_cells=40").task.arc
+    cells = arc_cfg("task.arc.max_example_cells=40", "task.arc.leave_two_out_pairs=neighbour").task.arc
     e0, _, _ = arc.parse_edit(edit_text(augmentations=[]), cells)
     ex, stats = arc.build_ttt_examples(rec, e0, cells, seed=0)
     # leave-two-out only, and no colour copies: the edit chose no augmentation family (the paper)
@@ -226,7 +232,7 @@ def test_ttt_builder_respects_its_caps():
 
 
 def test_compute_cap_refuses_expensive_edits():
-    cfg = arc_cfg("inner.batch_size=2", "task.arc.compute_cap=375")
+    cfg = arc_cfg("inner.batch_size=2", "task.arc.compute_cap=375", "task.arc.leave_two_out_pairs=neighbour")
     rec = arc.load_contexts(cfg.task)[0]  # 44f52bb0: 6 demonstrations -> 36 puzzles per view
     job = arc.inner_job(rec, edit_text(augmentations=["basic"], epochs=4), cfg.task, cfg.inner)
     # 12 puzzles x 8 views x 2 (colour copy) = 192 examples (under the 250 kept); 4 epochs / batch 2
