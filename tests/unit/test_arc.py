@@ -371,3 +371,10 @@ def test_paper_arc_config_matches_design():
     assert (cfg.filter.rule, cfg.filter.threshold) == ("threshold", 1.0)
     assert (cfg.mstep.rank, cfg.mstep.alpha, cfg.mstep.epochs, cfg.mstep.lr) == (16, 16, 8, 5e-5)
     assert "training_challenges" in cfg.task.data and "training_solutions" in cfg.task.arc.solutions
+    # the reference code's few-shot settings (seal/tasks/arc.py lists where they differ)
+    assert (cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens) == (0.8, 1.0, 128)
+    a = cfg.task.arc
+    assert (a.max_examples, a.cap_on, a.voting, a.chat, a.context, a.attempts) == (250, "used", "paper", "auto",
+                                                                                 "task", 2)
+    assert (a.leave_two_out, a.leave_two_out_pairs, a.color_permute_unaugmented) == (True, "all", False)
+    assert len(a.tasks) == cfg.contexts_per_round == 11 and "8e1813be" not in a.tasks
