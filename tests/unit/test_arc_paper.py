@@ -86,7 +86,7 @@ def test_no_colour_copies_without_augmentation():
 def answers_for(rec, cfg, solutions):
     """What a perfect model answers to every probe (each view's answer in the view's orientation)."""
     out = []
-    for t, test in enumerate(rec["tests"]):
+    for t in range(len(rec["tests"])):
         for _, _, view in arc.probes_of(rec, t, cfg.task.arc):
             out.append(grid_to_text(TRANSFORMS[view].forward(solutions[t])))
     return out
@@ -157,7 +157,8 @@ LLAMA3_STYLE_TEMPLATE = (
     "{{- 'Cutting Knowledge Date: December 2023\\nToday Date: ' + date_string + '\\n\\n' }}"
     "{{- system_message + '<|eot_id|>' }}"
     "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content']|trim + '<|eot_id|>' }}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content']|trim + '<|eot_id|>' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
