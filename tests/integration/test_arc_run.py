@@ -152,3 +152,51 @@ def test_eval_arc_rejects_bad_input(tmp_path, capsys):
     assert "--rows best: choose from policy,untrained,icl,oracle" in capsys.readouterr().err
     assert main(["eval-arc", cfg, "--oracle", "{}"]) == 2
     assert "needs task.name: arc" in capsys.readouterr().err
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] | trim }}\n{% endfor %}"
+    "{% if add_generation_prompt %}### assistant:\n{% endif %}"
+)
+
+
+def test_chat_format_runs_end_to_end(tmp_path, capsys):
+    """A tiny model whose tokenizer has a chat template: the runtime binds it to the records, and
+    self-edit prompts, TTT data and probes are chat-formatted; eval-arc trains and scores in it."""
+    from transformers import AutoTokenizer
+
+    from seal.config import load_config
+    from seal.models.tiny import resolve_tiny_model
+    from seal.stages.runtime import Runtime
+    from seal.tasks import arc
+
+    folder = tmp_path / "chat-model"
+    folder.mkdir()
+    src = resolve_tiny_model(TINY)
+    for f in ("config.json", "model.safetensors"):
+        (folder / f).symlink_to(f"{src}/{f}")
+    tok = AutoTokenizer.from_pretrained(src)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    over = [o for o in arc_overrides(str(tmp_path / "runs"), "c") if not o.startswith("model.base=")]
+    over += [f"model.base={folder}", "task.arc.tasks=[6150a2bd]"]
+    rt = Runtime(load_config(None, over), None)
+    rec = rt.records[0]
+    assert rec["chat"] is not None
+    prompt = arc.context_prompt(rec, rt.cfg.task)
+    assert prompt.startswith("### system:\n" + arc.EDIT_SYSTEM) and prompt.endswith("### assistant:\n")
+    probes = arc.probe_prompts(rec, rt.cfg.task)  # flat voting: identity, rot90, transpose views
+    assert probes[0].endswith("### user:\nInput:\n" + arc.grid_to_text(rec["tests"][0]["input"])
+                              + "\nOutput:\n### assistant:\n")
+    assert all(p.startswith("### system:\n" + arc.PUZZLE_HEADER) and p.endswith("Output:\n### assistant:\n")
+               for p in probes)
+    job = arc.inner_job(rec, json.dumps(EDIT), rt.cfg.task, rt.cfg.inner)
+    assert job.examples and all(x.prompt.endswith("### assistant:\n") for x in job.examples)
+    (tmp_path / "c.yaml").write_text("")
+    out = tmp_path / "eval.json"
+    assert main(["eval-arc", str(tmp_path / "c.yaml"), *sets(over), "--rows", "icl,oracle",
+                 "--oracle", json.dumps(EDIT), "--out", str(out)]) == 0
+    results = {r["row"]: r for r in json.loads(out.read_text())}
+    assert results["oracle"]["edits"] == 1 and results["oracle"]["details"][0]["examples"] > 0
+    assert "skip" not in results["oracle"]["details"][0]
+    assert "tasks" in capsys.readouterr().out  # a context is a task: the table says so
