@@ -135,7 +135,7 @@ class ArcConfig(Section):
     compute_cap: float = Field(
         375.0, gt=0,
         description="An edit whose epochs x examples / inner.batch_size exceeds this is not trained "
-        "and scores 0 (the paper's rule).",
+        "and scores 0 (the paper's rule; examples counted as cap_on says).",
     )
     lr_min: float = Field(1e-6, gt=0, description="A self-edit's learning rate is clamped up to this.")
     lr_max: float = Field(1e-3, gt=0, description="A self-edit's learning rate is clamped down to this.")
