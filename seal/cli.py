@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run URI whose latest policy gives the SEAL row (omit: no SEAL row)")
     p.add_argument("--oracle", help="a fixed self-edit JSON object, or @FILE holding one (omit: no oracle row)")
     p.add_argument("--edits", type=int, default=None,
-                   help="self-edits sampled per context for the policy rows (default: edits_per_context)")
+                   help="self-edits sampled per context (task) for the policy rows (default: 5, the paper's)")
     p.add_argument("--rows", default="policy,untrained,icl,oracle",
                    help="comma-separated rows to compute (default: all that apply)")
     p.add_argument("--out", help="also write every row, with per-edit details, to this JSON file")
@@ -248,7 +248,7 @@ def cmd_eval_arc(args: argparse.Namespace) -> int:
                 oracle = f.read()
         except OSError as e:
             raise ConfigError(f"--oracle {oracle}: cannot read it ({e.strerror})") from None
-    results = arc_eval.evaluate(cfg, args.run, oracle, args.edits or cfg.edits_per_context, rows)
+    results = arc_eval.evaluate(cfg, args.run, oracle, args.edits or arc_eval.PAPER_EDITS, rows)
     print(arc_eval.table(results))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

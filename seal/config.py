@@ -69,6 +69,28 @@ class ArcConfig(Section):
         description="ARC solutions JSON ({task_id: [grid, ...]}) matching the challenges in task.data: "
         "a local path or s3:// URI; leave empty for a builtin: task set.",
     )
+    context: Literal["task", "test_input"] = Field(
+        "task",
+        description="What one context is: 'task' (the paper: a task's self-edits are trained once and "
+        "score 1 only if every test input of the task is solved) or 'test_input' (one context per "
+        "(task, test input), seal's earlier behaviour).",
+    )
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="Task ids of task.data to use (empty: all). The paper used 11 of the 12 training "
+        "tasks and 8 of the 10 evaluation tasks (configs/arc-llama-3.2-1b.yaml lists them).",
+    )
+    chat: Literal["auto", "plain"] = Field(
+        "auto",
+        description="Puzzles and the self-edit prompt in the model's chat format: 'auto' applies the "
+        "tokenizer's chat template when it has one (the paper, Llama-3.2-1B-Instruct); 'plain': plain text always.",
+    )
+    edit_attempts: int = Field(
+        8, ge=1, le=64,
+        description="Samples per self-edit until one parses: an edit the parser refuses is sampled "
+        "again with a new seed, at most this many times in all (the paper resamples until it parses); "
+        "the last one is kept, and scores 0 if it still does not parse. 1: no resampling.",
+    )
     leave_two_out: bool = Field(
         True,
         description="Besides leave-one-out puzzles, train on leave-two-out ones (tasks with >= 3 "
@@ -79,11 +101,27 @@ class ArcConfig(Section):
         description="Extra copies of each augmented puzzle with colours 1-9 randomly permuted "
         "(0, the background, stays).",
     )
+    leave_two_out_pairs: Literal["all", "neighbour"] = Field(
+        "all",
+        description="leave_two_out: which second demonstration is held out with each query: every "
+        "other one (the paper: n(n-1) puzzles) or only the query's cyclic neighbour (n puzzles, "
+        "seal's earlier behaviour).",
+    )
+    color_permute_unaugmented: bool = Field(
+        False,
+        description="Add colour-permuted copies also when the edit chose no augmentation family "
+        "(false: the paper adds them only to augmented data; true: seal's earlier behaviour).",
+    )
     shuffle_demos: bool = Field(True, description="Shuffle the demonstration order of each training puzzle.")
     max_examples: int = Field(
-        512, ge=1,
-        description="Most TTT examples trained on; more are subsampled (a memory/time guard applied "
-        "after the compute cap is judged).",
+        250, ge=1,
+        description="Most TTT examples trained on (the paper's 250); more are subsampled at random.",
+    )
+    cap_on: Literal["used", "built"] = Field(
+        "used",
+        description="Which example count the compute cap judges: 'used', after the max_examples "
+        "truncation (the paper), or 'built', before it (seal's earlier behaviour, which refused the "
+        "paper's own all-families oracle edit on large tasks).",
     )
     max_grid_side: int = Field(
         30, ge=1, le=30,
@@ -97,16 +135,24 @@ class ArcConfig(Section):
     compute_cap: float = Field(
         375.0, gt=0,
         description="An edit whose epochs x examples / inner.batch_size exceeds this is not trained "
-        "and scores 0 (the paper's rule).",
+        "and scores 0 (the paper's rule; examples counted as cap_on says).",
     )
     lr_min: float = Field(1e-6, gt=0, description="A self-edit's learning rate is clamped up to this.")
     lr_max: float = Field(1e-3, gt=0, description="A self-edit's learning rate is clamped down to this.")
     max_epochs: int = Field(10, ge=1, description="A self-edit's epochs are clamped down to this.")
+    voting: Literal["paper", "flat"] = Field(
+        "paper",
+        description="'paper': the test input is asked under every leave-one-out subset of the "
+        "demonstrations (and 2 shuffles of each), plus 5 geometric views, and answers are voted "
+        "per view then over all (the reference's hierarchical vote); 'flat': one query per "
+        "vote_transforms view of all demonstrations, plurality vote (seal's earlier behaviour).",
+    )
     vote_transforms: list[ARC_VIEWS] = Field(
         default_factory=lambda: ["identity", "rot90", "rot180", "rot270", "flip_h", "flip_v",
                                  "transpose", "anti_transpose"],
         min_length=1,
-        description="Views of the test puzzle answered greedily; answers are mapped back and voted.",
+        description="voting: flat: views of the test puzzle answered greedily; answers are mapped "
+        "back and voted.",
     )
     attempts: int = Field(
         2, ge=1, description="Top voted answers that may match the solution (2: ARC's pass@2)."

@@ -28,9 +28,19 @@ class Example:
 
 
 def encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels (prompt tokens masked), with EOS so the model learns to stop."""
-    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"] if example.prompt else []
-    text_ids = tokenizer(example.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    """Token ids and labels (prompt tokens masked), with EOS so the model learns to stop.
+
+    The example's start is tokenized as the generation backends tokenize a prompt, with the
+    tokenizer's special tokens (Llama 3's BOS), so a model trains on the token sequences it is
+    later prompted with; the continuation gets none.
+    """
+    first = example.prompt or example.text
+    first_ids = tokenizer(first)["input_ids"]
+    if example.prompt:
+        prompt_ids = first_ids
+        text_ids = tokenizer(example.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    else:
+        prompt_ids, text_ids = [], first_ids + [tokenizer.eos_token_id]
     ids = (prompt_ids + text_ids)[:max_length]
     labels = ([IGNORE] * len(prompt_ids) + text_ids)[:max_length]
     return ids, labels

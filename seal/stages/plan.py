@@ -54,6 +54,6 @@ def plan_round(rt: Runtime, round_: int) -> dict[str, Any]:
     key = plan_key(round_)
     if rt.run.exists(key):
         return rt.run.read_json(key)
-    plan = make_plan(rt.cfg, len(rt.records), round_)
+    plan = make_plan(rt.cfg, rt.context_count(), round_)
     rt.run.write_json(key, plan)
     return plan

@@ -32,10 +32,18 @@ class Runtime:
         self._model_round: int | None = None
         self._adapter_dirs: dict[int, str] = {}  # round -> its policy adapter, fetched for vLLM
 
+    def context_count(self) -> int:
+        """How many contexts the task has, without loading the tokenizer (the plan needs no more)."""
+        return len(self._records) if self._records is not None else len(self.task.load_contexts(self.cfg.task))
+
     @property
     def records(self) -> list[dict[str, Any]]:
+        """The task's contexts; a task with `bind_tokenizer` (ARC: the chat format) gets the
+        tokenizer once here, so its prompts are built as the model reads them."""
         if self._records is None:
-            self._records = self.task.load_contexts(self.cfg.task)
+            records = self.task.load_contexts(self.cfg.task)
+            bind = getattr(self.task, "bind_tokenizer", None)
+            self._records = bind(records, self.tokenizer, self.cfg.task) if bind else records
         return self._records
 
     @property
