@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="with --dry-run: a YAML run config instead of a run")
     _config_args(p)
     p.add_argument("--workflow", help="with --dry-run: the workflow file (default: workflows/restem.yaml)")
+    p.add_argument("--gpu", help="with --dry-run: also a GPU pod's memory plan on this GPU type (h100-80gb, "
+                   "a100-40gb, h200-141gb, ... or a size in GiB) and the GPU types the config fits")
+    p.add_argument("--row-tokens", type=int, default=None,
+                   help="with --gpu: the longest training row in tokens (default: model.max_length)")
 
     p = sub.add_parser("sample", help="sample self-edits for one shard of contexts")
     _stage_args(p, shard=True)
@@ -143,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML run config (its store must be s3://)")
     _config_args(p)
     p.add_argument("-p", "--parameter", dest="parameters", action="append", default=[], metavar="NAME=VALUE",
-                   help="a workflow parameter, e.g. -p image=ghcr.io/you/seal:0.1.0 -p adapt-gpus=2")
+                   help="a workflow parameter, e.g. -p image=ghcr.io/you/seal:0.1.0 -p max-pods-per-stage=16")
     p.add_argument("--argo-server", default=os.environ.get("ARGO_SERVER"),
                    help="Argo Server URL (default: $ARGO_SERVER; token from $ARGO_TOKEN); "
                    "without one, the Workflow is created through the Kubernetes API (kubeconfig or in-cluster)")
@@ -153,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print", dest="print_only", action="store_true",
                    help="print the filled-in, checked Workflow as YAML instead of submitting it "
                    "(for `argo submit FILE` or `kubectl create -f -`)")
+    p.add_argument("--model-cache-claim", metavar="PVC",
+                   help="mount this PersistentVolumeClaim at /cache (model weights) in every pod instead of "
+                   "an emptyDir each, so the base model is downloaded once (workflows/model-cache.yaml makes one)")
 
     p = sub.add_parser("status", help="a run's progress per round, read from the store alone")
     p.add_argument("run", help="run URI: <store>/<run_id>")
@@ -273,7 +280,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 raise ConfigError("--set goes with --config; a run's config is fixed in its run.json")
             _, cfg = run_config(args.run, "check the run URI, or pass --config FILE")
             source = args.run
-        print(submit.dry_run(cfg, source, args.workflow, args.max_pods))
+        print(submit.dry_run(cfg, source, args.workflow, args.max_pods, args.gpu, args.row_tokens))
         return 0
     if args.run is None or args.round is None:
         raise ConfigError("seal plan needs --run URI and --round R (or --dry-run with --config FILE)")
@@ -316,7 +323,8 @@ def cmd_finish(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    out = submit.submit(cfg, args.workflow, args.parameters, args.argo_server, args.namespace, args.print_only)
+    out = submit.submit(cfg, args.workflow, args.parameters, args.argo_server, args.namespace, args.print_only,
+                        args.model_cache_claim)
     print(out, end="" if args.print_only else "\n")
     return 0
 

@@ -255,22 +255,29 @@ def load_peft(adapter_dir: str) -> tuple[dict[str, tuple[Any, Any]], float]:
 
 
 def bytes_per_adapter(model: Any, lora: LoraConfig, tokens: int) -> int:
-    """Rough peak memory one more adapter in the batch costs: its LoRA weights, gradients and two
-    AdamW moments (4 fp32 copies), plus the activations its rows keep for backward and its logits.
-
-    Activations per token and layer are about 20 hidden-size vectors (attention and MLP inputs,
-    norms, residuals; the MLP's are 4 intermediate-size ones) in the model's dtype; the logits and
-    their gradient are 2 fp32 vocab-size vectors per token. An estimate, not a bound: set
-    `inner.memory_budget_mb` with some headroom.
-    """
+    """Rough peak memory one more adapter in the batch costs (adapter_bytes) for this model."""
     conf = model.config
     p = next(model.parameters())
     names = target_names(model, lora.target_modules)
     lora_params = sum(lora.rank * (m.in_features + m.out_features)
                       for m in (model.get_submodule(n) for n in names))
-    per_token = conf.num_hidden_layers * (20 * conf.hidden_size + 4 * conf.intermediate_size) * p.element_size()
-    per_token += 2 * 4 * conf.vocab_size
-    return 16 * lora_params + lora.batch_size * tokens * per_token
+    return adapter_bytes(lora_params, conf.num_hidden_layers, conf.hidden_size, conf.intermediate_size,
+                         conf.vocab_size, p.element_size(), lora.batch_size, tokens)
+
+
+def adapter_bytes(lora_params: int, layers: int, hidden: int, intermediate: int, vocab: int, elem: int,
+                  batch_size: int, tokens: int) -> int:
+    """Rough peak memory one more adapter in the batch costs: its LoRA weights, gradients and two
+    AdamW moments (4 fp32 copies), plus the activations its rows keep for backward and its logits.
+    (Also what `seal plan --dry-run --gpu` prices, from config figures alone.)
+
+    Activations per token and layer are about 20 hidden-size vectors (attention and MLP inputs,
+    norms, residuals; the MLP's are 4 intermediate-size ones) in the model's dtype (`elem` bytes);
+    the logits and their gradient are 2 fp32 vocab-size vectors per token. An estimate, not a
+    bound: set `inner.memory_budget_mb` with some headroom.
+    """
+    per_token = layers * (20 * hidden + 4 * intermediate) * elem + 2 * 4 * vocab
+    return 16 * lora_params + batch_size * tokens * per_token
 
 
 # inner.memory_budget_mb=0: this share of the memory free when the fits start. The rest covers the
