@@ -106,7 +106,7 @@ def example_stream(records: list[dict[str, Any]], prompt: str, rng: random.Rando
             yield Example(text=f"{name}\n{passage}\n{passage}")
         elif kind < 0.9:  # a question in the probe format, with its answer
             q = rng.choice(rec["questions"])
-            yield Example(text=q["answer"], prompt=question_prompt(name, q["question"]))
+            yield Example(text=q["answer"], prompt=question_prompt(name, q["question"], "topic"))
         else:  # self-edit lines as the inner loop sees them (a question with its answer: one item)
             style = rng.choice(world.STYLES)
             items = training_texts(rec, world.write_edit(rec, style, rng), with_passage=False, qa_pairs=True)
@@ -226,7 +226,8 @@ def _bar(total: int, enabled: bool) -> Any:
 def resolve_world_model(spec: str) -> str:
     """The folder of the warm-start model named by a 'world:...' model.base, built once."""
     ws = parse_model_spec(spec)
-    key = "-".join(f"{k}{v}" for k, v in sorted(asdict(ws).items()))
+    # "p2": built on the paper-worded self-edit prompts (a model built on the older wording is stale).
+    key = "p2-" + "-".join(f"{k}{v}" for k, v in sorted(asdict(ws).items()))
     path = cache_dir() / "world" / key
     if not (path / "config.json").exists():
         log.info("building the warm-start model %s into %s (once; later runs reuse it)", spec, path)
