@@ -21,9 +21,9 @@ from typing import Any
 from seal import metrics
 from seal.cluster import submit
 from seal.cluster.status import run_status
+from seal.cluster.workflow import fanout_groups
 from seal.config import describe_fields, load_config
 from seal.errors import ConfigError, SealError, TransientError
-from seal.cluster.workflow import fanout_groups
 from seal.evaluation import arc as arc_eval
 from seal.evaluation import knowledge as knowledge_eval
 from seal.evaluation import world as world_eval
@@ -120,9 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "--edits-file, else task.data)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N passages")
     p.add_argument("--edits-file", dest="edit_files", action="append", default=[], metavar="FILE",
-                   help="self-edits in the paper-edits form (e.g. paper-edits/gpt4_1_val.json); one row each")
+                   help="self-edits in the paper-edits form (e.g. paper-edits/gpt4_1_val.json); one row each "
+                   "(repeat it, or separate files with commas)")
     p.add_argument("--policy", action="append", default=[], metavar="base|RUN@R",
-                   help="sample self-edits now from the base model ('base') or round R's policy of a run")
+                   help="sample self-edits now from the base model ('base') or round R's policy of a run "
+                   "(repeat it, or separate them with commas)")
     p.add_argument("--teacher", help="OpenAI-compatible base URL whose chat model writes self-edits")
     p.add_argument("--teacher-model", help="with --teacher: the model name (e.g. gpt-4.1)")
     p.add_argument("--edits", type=int, default=5, help="self-edits per passage (default 5)")
@@ -282,12 +284,18 @@ def cmd_eval_knowledge(args: argparse.Namespace) -> int:
     if (args.teacher is None) != (args.teacher_model is None):
         raise ConfigError("--teacher URL and --teacher-model NAME go together")
     plan_args = None
+    # Repeated, or comma-separated in one value (what workflows/eval-knowledge.yaml passes).
+    files = [f.strip() for v in args.edit_files for f in v.split(",") if f.strip()]
+    policies = [p.strip() for v in args.policy for p in v.split(",") if p.strip()]
     # A config, an override or a row asks for a plan (a default config is the CPU demo's); bare
     # `--out URI` goes on with the evaluation planned there (what the workflow's pods run).
-    if args.config or args.overrides or args.edit_files or args.policy or args.teacher or args.passages:
-        cfg = load_config(args.config, args.overrides)
-        plan_args = dict(passages=args.passages or (args.edit_files[0] if args.edit_files else cfg.task.data),
-                         limit=args.limit, edit_files=args.edit_files, policies=args.policy,
+    if args.config or args.overrides or files or policies or args.teacher or args.passages:
+        if args.config and args.config.lstrip().startswith("{"):
+            cfg = submit.inline_config(args.config, args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)
+        plan_args = dict(passages=args.passages or (files[0] if files else cfg.task.data),
+                         limit=args.limit, edit_files=files, policies=policies,
                          teacher=(args.teacher, args.teacher_model) if args.teacher else None,
                          edits=args.edits, fits=args.fits or cfg.inner.fits, shard_size=args.shard_size)
     out = open_store(args.out)
@@ -397,7 +405,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "report": cmd_report, "tiny-model": cmd_tiny_model, "world-report": cmd_world_report,
-    "config-help": cmd_config_help, "eval-arc": cmd_eval_arc, "eval-knowledge": cmd_eval_knowledge, "init": cmd_init, "plan": cmd_plan,
+    "config-help": cmd_config_help, "eval-arc": cmd_eval_arc, "eval-knowledge": cmd_eval_knowledge,
+    "init": cmd_init, "plan": cmd_plan,
     "sample": cmd_sample, "adapt": cmd_adapt, "improve": cmd_improve, "finish": cmd_finish,
     "submit": cmd_submit, "status": cmd_status,
 }

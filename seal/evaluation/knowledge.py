@@ -121,7 +121,7 @@ def make_plan(cfg: RunConfig, passages: str, limit: int | None, rows: list[dict[
         for extra in ("completions", "prompt"):
             r.pop(extra, None)
     shards = []
-    for i, row in enumerate(rows):
+    for i in range(len(rows)):
         for start in range(0, len(records), shard_size):
             shards.append({"row": i, "passages": list(range(start, min(start + shard_size, len(records))))})
     spec = {
@@ -220,7 +220,6 @@ class Evaluator:
         key = eval_shard_key(shard)
         if out.exists(key):
             return False
-        cfg = self.cfg
         row_i, ids = spec["shards"][shard]["row"], spec["shards"][shard]["passages"]
         row = spec["rows"][row_i]
         recs = [records[p] for p in ids]
@@ -412,9 +411,10 @@ def plot(table: dict[str, Any], path: str | Path) -> Path:
     width = 0.8 / max(1, len(graders))
     for j, g in enumerate(graders):
         xs = [i + (j - (len(graders) - 1) / 2) * width for i in range(len(rows))]
-        ms = [100 * r["graders"][g]["mean"] if g in r["graders"] else 0.0 for r in rows]
-        err = [[m - 100 * r["graders"][g]["ci95"][0] if g in r["graders"] else 0.0 for m, r in zip(ms, rows, strict=True)],
-               [100 * r["graders"][g]["ci95"][1] - m if g in r["graders"] else 0.0 for m, r in zip(ms, rows, strict=True)]]
+        stats = [r["graders"].get(g, {"mean": 0.0, "ci95": [0.0, 0.0]}) for r in rows]
+        ms = [100 * st["mean"] for st in stats]
+        err = [[m - 100 * st["ci95"][0] for m, st in zip(ms, stats, strict=True)],
+               [100 * st["ci95"][1] - m for m, st in zip(ms, stats, strict=True)]]
         ax.bar(xs, ms, width, yerr=err, capsize=3, label=g)
     ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=25, ha="right", fontsize=7)
     ax.set_ylabel("question accuracy, % (95% CI over passages)")
