@@ -113,7 +113,10 @@ def train(peft_model: Any, tokenizer: Any, examples: list[Example], lora: LoraCo
     peft_model.train()
     first = last = float("nan")
     batches = schedule(len(rows), lora, seed)
-    groups = [batches[i: i + accumulate] for i in range(0, len(batches), accumulate)]
+    # Accumulation restarts every epoch, as in Hugging Face's Trainer: an epoch's last group may be short.
+    per_epoch = -(-len(rows) // lora.batch_size)
+    epochs = [batches[i: i + per_epoch] for i in range(0, len(batches), per_epoch)] if per_epoch else []
+    groups = [ep[i: i + accumulate] for ep in epochs for i in range(0, len(ep), accumulate)]
     steps = 0
     for step, group in enumerate(groups):
         for g in opt.param_groups:
