@@ -4,11 +4,14 @@ rerun that skips the finished shards and ends with the clean run's table, and ba
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,49 @@ def test_bad_requests_end_in_one_line(tmp_path, capsys):
                  "--edits-file", str(tmp_path / "missing.json"), "--plan-only"]) == 2
     assert "missing.json" in capsys.readouterr().err
     assert not open_store(other).exists("eval.json")  # nothing half-planned
+
+
+class _Teacher(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint on loopback that records what it is sent."""
+
+    seen: list = []
+    fail_first = 0
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Teacher.seen.append(body)
+        if _Teacher.fail_first:
+            _Teacher.fail_first -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        text = f"Here are the implications:\n1. Implication {len(_Teacher.seen)}.\n2. Another one."
+        payload = json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_teacher_endpoint_writes_a_rows_self_edits(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    server = HTTPServer(("127.0.0.1", 0), _Teacher)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Teacher.seen, _Teacher.fail_first = [], 1
+    out = str(tmp_path / "eval")
+    try:
+        assert main(["eval-knowledge", "--out", out, *[x for s in SETS for x in ("--set", s)],
+                     "--passages", EDITS[0], "--limit", "1", "--edits", "2", "--fits", "1",
+                     "--teacher", f"http://127.0.0.1:{server.server_port}/v1", "--teacher-model", "gpt-4.1"]) == 0
+    finally:
+        server.shutdown()
+    assert "passage + gpt-4.1 self-edits (teacher)" in capsys.readouterr().out
+    record = json.loads(Path(EDITS[0]).read_text())[0]
+    assert len(_Teacher.seen) == 3  # one 503 retried, then 2 self-edits
+    assert all(b["model"] == "gpt-4.1" and b["messages"][0]["content"] == record["prompt"] for b in _Teacher.seen)
+    store = open_store(out)
+    lines = store.read_jsonl("results/00002.jsonl")
+    assert [line["edit"].splitlines()[1] for line in lines] == ["1. Implication 2.", "1. Implication 3."]
