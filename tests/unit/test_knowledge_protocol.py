@@ -32,6 +32,13 @@ def test_implications_prompt_equals_the_papers_prompt_field():
         assert kn.context_prompt(rec, TaskConfig()) == rec["prompt"]  # the default prompt is the paper's
 
 
+def test_the_other_variants_equal_the_papers_prompt_fields():
+    recs = json.loads((ASSETS / "paper_alternate_prompts.json").read_text())
+    assert sorted(r["variant"] for r in recs) == ["long", "rewrite", "self-qa"]
+    for rec in recs:
+        assert kn.edit_prompt(rec, rec["variant"]) == rec["prompt"]
+
+
 def test_prompt_variants_are_worded_as_the_papers():
     rec = paper_records()[0]
     assert "produce a long list of implications" in kn.edit_prompt(rec, "long")
