@@ -93,7 +93,9 @@ def validate_records(data: Any, source: str) -> list[dict[str, Any]]:
 
 
 def edit_prompt(record: dict[str, Any], variant: str = "implications") -> str:
-    return PROMPTS.get(variant, PROMPTS["implications"]).format(title=record["title"], context=record["context"])
+    """The self-edit prompt of a passage; "none" (no self-edit) reads the implications prompt."""
+    return PROMPTS["implications" if variant == NO_EDIT else variant].format(title=record["title"],
+                                                                            context=record["context"])
 
 
 _SELF_QA_QUESTION = re.compile(r"Question\s+\d+:")
