@@ -129,11 +129,13 @@ class TaskConfig(Section):
         description="knowledge: passages in SQuAD form; arc: ARC challenges JSON. A local path, an "
         "s3:// URI, or builtin:squad-sample / builtin:arc-demo for the data shipped with seal.",
     )
-    prompt: Literal["implications", "long", "very-long", "rewrite", "self-qa", "none"] = Field(
+    prompt: Literal["implications", "long", "very-long", "rewrite", "self-qa", "none", "seal-implications",
+                    "seal-long", "seal-rewrite", "seal-self-qa"] = Field(
         "implications",
         description="Self-edit prompt, worded as the paper's (seal.tasks.knowledge.PROMPTS): implications, "
         "long / very-long (a long / very long list of implications), rewrite, self-qa; 'none' trains "
-        "on the passage alone, ignoring the edit (the paper's 'no self-edit' row).",
+        "on the passage alone, ignoring the edit (the paper's 'no self-edit' row); 'seal-<variant>': "
+        "seal's own earlier wording, which the synthetic world's warm start learnt (world configs).",
     )
     exclude: list[str] = Field(
         default_factory=list,

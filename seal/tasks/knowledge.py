@@ -39,6 +39,29 @@ PROMPTS: dict[str, str] = {
     + _PASSAGE + "Rewritten passages:\n",
     "self-qa": _PAPER_HEAD + "rewrite it in a question-answer format." + _PASSAGE + "Question 1: ",
 }
+# seal's own earlier wording, frozen: the synthetic world's warm-started model (seal.models.warmstart)
+# learnt these texts, so the world demo selects them as "seal-<variant>" and its numbers stay as
+# measured. Any change here changes that model: leave it as it is.
+SEAL_PROMPTS: dict[str, str] = {
+    "implications": (
+        "Read the following passage and list the implications that follow from it, directly or "
+        "indirectly, one per line.\n\nTitle: {title}\nPassage: {context}\n\nImplications:\n"
+    ),
+    "rewrite": (
+        "Read the following passage and rewrite it in several different ways, one rewrite per "
+        "line.\n\nTitle: {title}\nPassage: {context}\n\nRewrites:\n"
+    ),
+    "self-qa": (
+        "Read the following passage and write questions about it with their answers, one "
+        "question and answer per line.\n\nTitle: {title}\nPassage: {context}\n\nQuestions and answers:\n"
+    ),
+    "long": (
+        "Read the following passage and write a long, thorough list of everything it implies, "
+        "including background facts and consequences, one per line.\n\nTitle: {title}\n"
+        "Passage: {context}\n\nImplications:\n"
+    ),
+}
+PROMPTS.update({f"seal-{k}": v for k, v in SEAL_PROMPTS.items()})
 # task.prompt "none" (the paper's "no self-edit" row): the inner loop trains on the passage alone;
 # a policy asked for an edit anyway (a run's sample stage) reads the implications prompt.
 NO_EDIT = "none"

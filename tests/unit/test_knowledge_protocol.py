@@ -148,3 +148,12 @@ def test_row_specs_and_their_errors():
     assert rows[4]["run"] == "s3://b/runs/r1" and rows[4]["round"] == 0
     with pytest.raises(ConfigError, match="--policy"):
         ev.row_specs([], ["r1"], None)
+
+
+def test_the_world_demo_keeps_the_wording_its_warm_start_learnt():
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs/world-demo.yaml")
+    rec = {"title": "Kamak", "context": "Kamak works as a baker."}
+    assert kn.context_prompt(rec, cfg.task) == kn.SEAL_PROMPTS["implications"].format(**rec)
+    assert kn.context_prompt(rec, cfg.task).startswith("Read the following passage and list the implications")
+    assert (cfg.task.answer_prompt, cfg.task.answer_scope) == ("topic", "first_line")
+    assert (cfg.inner.lr_schedule, cfg.mstep.lr_schedule, cfg.mstep.batch_size) == ("constant", "constant", 1)

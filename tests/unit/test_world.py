@@ -70,10 +70,10 @@ def test_edit_styles_are_told_apart_by_the_heuristic():
 def test_warmstart_examples_mix_styles_uniformly():
     recs = world.generate(SPEC)["warmstart"]
     stream = warmstart.example_stream(recs, "implications", random.Random(1), SPEC)
-    policy = [ex for ex in itertools.islice(stream, 4000) if ex.prompt.startswith("Let's read the following")]
+    policy = [ex for ex in itertools.islice(stream, 4000) if ex.prompt.startswith("Read the following")]
     counts = {s: 0 for s in world.STYLES}
     for ex in policy:
-        title = ex.prompt.split("Passage:\n")[1].split("\n")[0]
+        title = ex.prompt.split("Title: ")[1].split("\n")[0]
         counts[world.edit_style({"title": title}, ex.text)] += 1
     shares = [c / len(policy) for c in counts.values()]
     assert all(abs(s - 1 / 3) < 0.05 for s in shares), counts
