@@ -21,9 +21,11 @@ from typing import Any
 from seal import metrics
 from seal.cluster import submit
 from seal.cluster.status import run_status
+from seal.cluster.workflow import fanout_groups
 from seal.config import describe_fields, load_config
 from seal.errors import ConfigError, SealError, TransientError
 from seal.evaluation import arc as arc_eval
+from seal.evaluation import knowledge as knowledge_eval
 from seal.evaluation import world as world_eval
 from seal.models.tiny import build_tiny_model
 from seal.report import plot_rewards, round_table
@@ -106,6 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", default="policy,untrained,icl,oracle",
                    help="comma-separated rows to compute (default: all that apply)")
     p.add_argument("--out", help="also write every row, with per-edit details, to this JSON file")
+
+    p = sub.add_parser("eval-knowledge", help="the paper's knowledge table: base, passage only, passage + "
+                       "self-edits from files, policies or a teacher, with 95%% CIs")
+    p.add_argument("config", nargs="?",
+                   help="YAML run config with task.name: knowledge (model, inner loop, grading); omit to go "
+                   "on with the evaluation already planned at --out")
+    _config_args(p)
+    p.add_argument("--out", required=True, help="the evaluation's folder: a local path, file:// or s3:// URI")
+    p.add_argument("--passages", help="evaluation passages, SQuAD or paper-edits form (default: the first "
+                   "--edits-file, else task.data)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N passages")
+    p.add_argument("--edits-file", dest="edit_files", action="append", default=[], metavar="FILE",
+                   help="self-edits in the paper-edits form (e.g. paper-edits/gpt4_1_val.json); one row each "
+                   "(repeat it, or separate files with commas)")
+    p.add_argument("--policy", action="append", default=[], metavar="base|RUN@R",
+                   help="sample self-edits now from the base model ('base') or round R's policy of a run "
+                   "(repeat it, or separate them with commas)")
+    p.add_argument("--teacher", help="OpenAI-compatible base URL whose chat model writes self-edits")
+    p.add_argument("--teacher-model", help="with --teacher: the model name (e.g. gpt-4.1)")
+    p.add_argument("--edits", type=int, default=5, help="self-edits per passage (default 5)")
+    p.add_argument("--fits", type=int, default=None, help="LoRA fits per self-edit (default: inner.fits)")
+    p.add_argument("--shard-size", type=int, default=4, help="passages per shard of a row (default 4)")
+    p.add_argument("--plan-only", action="store_true", help="plan only (with --out-dir: write shards.json)")
+    p.add_argument("--out-dir", help="with --plan-only: write shards.json, the list Argo fans out over")
+    p.add_argument("--max-pods", type=int, default=None, help="with --out-dir: at most this many shard pods")
+    p.add_argument("--shard", type=shard_range, help="run only these shards (A or A-B), then stop")
+    p.add_argument("--join", action="store_true", help="only write the table from finished shards")
+    p.add_argument("--plot", help="also write the plot to this local PNG (it is always in --out)")
 
     p = sub.add_parser("init", help="write run.json for a run (once)")
     p.add_argument("--run", required=True, help="run URI: <store>/<run_id>")
@@ -257,6 +287,53 @@ def cmd_eval_arc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_knowledge(args: argparse.Namespace) -> int:
+    if (args.teacher is None) != (args.teacher_model is None):
+        raise ConfigError("--teacher URL and --teacher-model NAME go together")
+    plan_args = None
+    # Repeated, or comma-separated in one value (what workflows/eval-knowledge.yaml passes).
+    files = [f.strip() for v in args.edit_files for f in v.split(",") if f.strip()]
+    policies = [p.strip() for v in args.policy for p in v.split(",") if p.strip()]
+    # A config, an override or a row asks for a plan (a default config is the CPU demo's); bare
+    # `--out URI` goes on with the evaluation planned there (what the workflow's pods run).
+    if args.config or args.overrides or files or policies or args.teacher or args.passages:
+        if args.config and args.config.lstrip().startswith("{"):
+            cfg = submit.inline_config(args.config, args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)
+        plan_args = dict(passages=args.passages or (files[0] if files else cfg.task.data),
+                         limit=args.limit, edit_files=files, policies=policies,
+                         teacher=(args.teacher, args.teacher_model) if args.teacher else None,
+                         edits=args.edits, fits=args.fits or cfg.inner.fits, shard_size=args.shard_size)
+    out = open_store(args.out)
+    if plan_args is not None:
+        knowledge_eval.plan(out, cfg, **plan_args)
+    if args.plan_only or args.join:
+        spec, _, _ = knowledge_eval.read_spec(out)
+        if args.plan_only:
+            if args.max_pods is not None and args.max_pods < 1:
+                raise ConfigError(f"--max-pods {args.max_pods}: must be at least 1")
+            items = fanout_groups(len(spec["shards"]), args.max_pods)
+            if args.out_dir:
+                os.makedirs(args.out_dir, exist_ok=True)
+                with open(os.path.join(args.out_dir, "shards.json"), "w") as f:
+                    f.write(json.dumps(items, separators=(",", ":")))
+            print(json.dumps({"shards": len(spec["shards"]), "pods": items}))
+            return 0
+        table = knowledge_eval.join(out)
+    else:
+        table = knowledge_eval.evaluate(args.out, None, args.shard)
+        if table is None:
+            print(f"{args.out}: shards {args.shard[0]}-{args.shard[-1]} done; others remain" if args.shard
+                  else f"{args.out}: shards remain")
+            return 0
+    print(knowledge_eval.table_text(table))
+    print(f"results: {out.uri}/table.json (per question: {out.uri}/results/)")
+    if args.plot:
+        print(f"plot: {knowledge_eval.plot(table, args.plot)}")
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     store, run_id = split_run_uri(args.run)
     place = [*args.overrides, f"store={store}", f"run_id={run_id}"]
@@ -336,7 +413,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "report": cmd_report, "tiny-model": cmd_tiny_model, "world-report": cmd_world_report,
-    "config-help": cmd_config_help, "eval-arc": cmd_eval_arc, "init": cmd_init, "plan": cmd_plan,
+    "config-help": cmd_config_help, "eval-arc": cmd_eval_arc, "eval-knowledge": cmd_eval_knowledge,
+    "init": cmd_init, "plan": cmd_plan,
     "sample": cmd_sample, "adapt": cmd_adapt, "improve": cmd_improve, "finish": cmd_finish,
     "submit": cmd_submit, "status": cmd_status,
 }

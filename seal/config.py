@@ -175,8 +175,19 @@ class TaskConfig(Section):
         description="knowledge: passages in SQuAD form; arc: ARC challenges JSON. A local path, an "
         "s3:// URI, or builtin:squad-sample / builtin:arc-demo for the data shipped with seal.",
     )
-    prompt: Literal["implications", "rewrite", "self-qa", "long"] = Field(
-        "implications", description="Self-edit prompt variant."
+    prompt: Literal["implications", "long", "very-long", "rewrite", "self-qa", "none", "seal-implications",
+                    "seal-long", "seal-rewrite", "seal-self-qa"] = Field(
+        "implications",
+        description="Self-edit prompt, worded as the paper's (seal.tasks.knowledge.PROMPTS): implications, "
+        "long / very-long (a long / very long list of implications), rewrite, self-qa; 'none' trains "
+        "on the passage alone, ignoring the edit (the paper's 'no self-edit' row); 'seal-<variant>': "
+        "seal's own earlier wording, which the synthetic world's warm start learnt (world configs).",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Files of passage records (SQuAD or paper-edits form: local paths or s3:// URIs) "
+        "whose passages, matched by title and context, are dropped from task.data: the ReSTEM pool "
+        "leaves the evaluation passages out (e.g. the paper's 200 in paper-edits/base_val.json).",
     )
     train_on_passage: bool = Field(
         True,
@@ -188,9 +199,22 @@ class TaskConfig(Section):
         description="Train an edit line that ends in '?' together with the line after it (a question "
         "and its answer) as one example, the form the probes ask in; off: every line is its own example.",
     )
-    grader: Literal["exact_match", "f1", "judge"] = Field(
+    grader: Literal["exact_match", "f1", "contains", "judge"] = Field(
         "exact_match",
-        description="Question grading: SQuAD-normalised exact match, token F1, or an LLM judge.",
+        description="Question grading (the reward): SQuAD-normalised exact match, token F1, 'contains' "
+        "(the normalised gold answer appears in the normalised answer: suits sentence answers), or an "
+        "LLM judge with the paper's rules (the paper's grader). Every local grader is also recorded.",
+    )
+    answer_prompt: Literal["paper", "topic"] = Field(
+        "paper",
+        description="How a question is asked without its passage: 'paper' is \"Let's answer a question "
+        "directly and concisely.\\nQuestion: Topic: {title}\\n{question}\\nAnswer:\\n\"; 'topic' is "
+        "\"Topic: {title}\\n{question}\\n\" (seal's earlier default).",
+    )
+    answer_scope: Literal["whole", "first_line"] = Field(
+        "whole",
+        description="What is graded: the whole greedy answer (the paper's: generation stops at EOS or "
+        "answer_tokens) or its first non-empty line (generation stops at the line's end; seal's earlier default).",
     )
     answer_tokens: int = Field(
         64, ge=1,
@@ -248,6 +272,11 @@ class LoraConfig(Section):
     epochs: int = Field(10, ge=1, description="Passes over the training examples.")
     batch_size: int = Field(1, ge=1, description="Examples per optimiser step.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_schedule: Literal["linear", "constant"] = Field(
+        "linear",
+        description="Learning rate over a fit's optimiser steps: 'linear' decays from lr to 0 with no "
+        "warm-up (the paper's: Hugging Face Trainer's default), 'constant' keeps lr (seal's earlier default).",
+    )
 
 
 class InnerLoopConfig(LoraConfig):
@@ -275,10 +304,12 @@ class InnerLoopConfig(LoraConfig):
 
 
 class FilterConfig(Section):
-    rule: Literal["top1", "improved", "threshold"] = Field(
+    rule: Literal["top1", "top1_always", "improved", "threshold"] = Field(
         "top1",
-        description="Which self-edits are kept: best per context (top1, the paper's choice), those "
-        "above the context's un-adapted baseline (improved), or reward >= threshold.",
+        description="Which self-edits are kept: best per context if its reward is above min_reward "
+        "(top1), best per context whatever its reward (top1_always: the paper's build_SFT_dataset, "
+        "ties to the lowest k), those above the context's un-adapted baseline (improved), or "
+        "reward >= threshold.",
     )
     threshold: float = Field(0.5, description="Reward a kept edit must reach (rule: threshold).")
     min_reward: float = Field(
@@ -302,6 +333,16 @@ class MStepConfig(LoraConfig):
     )
     lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
     epochs: int = Field(2, ge=1, description="Passes over the kept (prompt -> edit) pairs.")
+    batch_size: int = Field(
+        10, ge=1,
+        description="Kept pairs per micro-batch; an optimiser step sees batch_size x accumulate pairs "
+        "(the paper's effective batch: 10).",
+    )
+    accumulate: int = Field(
+        1, ge=1,
+        description="Micro-batches whose gradients add up before one optimiser step (gradient "
+        "accumulation: the same effective batch in less memory).",
+    )
     init: Literal["base", "previous"] = Field(
         "base",
         description="Start each round's SFT from the base model (ReSTEM's choice) or continue the "

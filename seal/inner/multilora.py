@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seal.config import LoraConfig
-from seal.inner.train import IGNORE, Example, attach_lora, collate, encode, peft_config, schedule
+from seal.inner.train import IGNORE, Example, attach_lora, collate, encode, lr_factor, peft_config, schedule
 from seal.seeds import seed_everything
 
 log = logging.getLogger(__name__)
@@ -369,7 +369,8 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int) 
             losses = _per_adapter_loss(logits, batch["labels"], torch.tensor(owner, device=device), n)
             opt.zero_grad()
             losses[active].sum().backward()
-            opt.step(active)
+            # pos[i] - 1 is the step adapter i just took: its lr share under its own schedule.
+            opt.step(active, [lr_factor(pos[i] - 1, len(plans[i]), jobs[i].lora.lr_schedule) for i in active])
             values = losses.detach().tolist()  # one device sync per pass, not one per adapter
             for i in active:
                 value = values[i]
@@ -445,7 +446,9 @@ class _StackedAdamW:
         for p in self.params:
             p.grad = None
 
-    def step(self, active: list[int]) -> None:
+    def step(self, active: list[int], lr_scale: list[float] | None = None) -> None:
+        """One AdamW step of the active adapters; lr_scale: each one's share of its lr this step
+        (train.lr_factor), as a scheduler would set it on torch's AdamW."""
         import torch
 
         everyone = len(active) == len(self.lr)
@@ -453,6 +456,8 @@ class _StackedAdamW:
         self.step_count[active] += 1
         t = self.step_count[active]
         lr, wd = self.lr[active], self.wd[active]
+        if lr_scale is not None:
+            lr = lr * torch.tensor(lr_scale, dtype=torch.float64)
         # The scalars torch computes in Python floats (float64), then applies in the param dtype.
         decay = (1 - lr * wd)
         step_size = lr / (1 - BETA1 ** t)

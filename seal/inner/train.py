@@ -98,9 +98,21 @@ def schedule(n_rows: int, lora: LoraConfig, seed: int) -> list[list[int]]:
     return steps
 
 
+def lr_factor(step: int, total: int, kind: str) -> float:
+    """The share of `lr` that optimiser step `step` (from 0) of `total` uses. 'linear' is Hugging
+    Face's linear schedule without warm-up, which the paper's Trainer runs: (total - step) / total,
+    so the first step uses lr and the last lr / total. Both trainers call this: the sequential one
+    sets its AdamW's lr, the batched one scales each adapter's lr in its stacked step."""
+    if kind == "constant" or total <= 0:
+        return 1.0
+    return max(0.0, (total - step) / total)
+
+
 def train(peft_model: Any, tokenizer: Any, examples: list[Example], lora: LoraConfig, seed: int,
-          max_length: int) -> dict[str, float]:
-    """Run `lora.epochs` passes of AdamW over the examples in a seeded order; returns loss stats."""
+          max_length: int, accumulate: int = 1) -> dict[str, float]:
+    """Run `lora.epochs` passes of AdamW over the examples in a seeded order; returns loss stats.
+    With `accumulate` > 1, that many consecutive batches add their gradients (each loss divided by
+    the count) before one optimiser step; the lr schedule counts optimiser steps."""
     import torch
 
     device = next(peft_model.parameters()).device
@@ -110,15 +122,25 @@ def train(peft_model: Any, tokenizer: Any, examples: list[Example], lora: LoraCo
     opt = torch.optim.AdamW(params, lr=lora.lr, weight_decay=lora.weight_decay)
     peft_model.train()
     first = last = float("nan")
+    batches = schedule(len(rows), lora, seed)
+    # Accumulation restarts every epoch, as in Hugging Face's Trainer: an epoch's last group may be short.
+    per_epoch = -(-len(rows) // lora.batch_size)
+    epochs = [batches[i: i + per_epoch] for i in range(0, len(batches), per_epoch)] if per_epoch else []
+    groups = [ep[i: i + accumulate] for ep in epochs for i in range(0, len(ep), accumulate)]
     steps = 0
-    for batch_rows in schedule(len(rows), lora, seed):
-        batch = collate([rows[i] for i in batch_rows], tokenizer.pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss = peft_model(**batch).loss
+    for step, group in enumerate(groups):
+        for g in opt.param_groups:
+            g["lr"] = lora.lr * lr_factor(step, len(groups), lora.lr_schedule)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses = []
+        for batch_rows in group:
+            batch = collate([rows[i] for i in batch_rows], tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = peft_model(**batch).loss
+            (loss / len(group) if len(group) > 1 else loss).backward()
+            losses.append(float(loss.detach()))
         opt.step()
-        last = float(loss.detach())
+        last = sum(losses) / len(losses)
         if steps == 0:
             first = last
         steps += 1

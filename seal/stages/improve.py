@@ -46,7 +46,7 @@ def filter_scores(scores: list[dict[str, Any]], rule: FilterConfig) -> list[dict
     kept = []
     for group in by_context.values():
         best = max(group, key=lambda r: (r["reward"], -r["k"]))  # ties go to the lowest k
-        if best["reward"] > rule.min_reward:
+        if rule.rule == "top1_always" or best["reward"] > rule.min_reward:
             kept.append(best)
     return sorted(kept, key=lambda r: (r["context"], r["k"]))
 
@@ -72,7 +72,7 @@ def m_step(base_model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: Any
     start_from = previous_adapter if cfg.mstep.init == "previous" else None
     model = train.attach_lora(base_model, cfg.mstep, seed, adapter_dir=start_from)
     examples = [train.Example(text=r["completion"], prompt=r["prompt"]) for r in rows]
-    stats = train.train(model, tokenizer, examples, cfg.mstep, seed, cfg.model.max_length)
+    stats = train.train(model, tokenizer, examples, cfg.mstep, seed, cfg.model.max_length, cfg.mstep.accumulate)
     model.save_pretrained(out_dir)
     return stats
 

@@ -176,3 +176,26 @@ def last_policy_round(run: Store) -> int:
     while run.exists(policy_meta_key(r + 1)):
         r += 1
     return r
+
+
+# --- `seal eval-knowledge`: an evaluation's own folder (--out), resumable shard by shard
+#
+#     <eval>/eval.json                 what is evaluated: rows, passages, edits and fits, shards
+#     <eval>/passages.json             the evaluation passages (records)
+#     <eval>/edits/<row>.json          a file row's self-edits, K per passage, copied at plan time
+#     <eval>/results/<shard>.jsonl     one line per (passage, self-edit, fit): answers and grades
+#     <eval>/table.json, table.png     written last: the table, per row and grader
+
+
+EVAL_JSON = "eval.json"
+EVAL_PASSAGES = "passages.json"
+EVAL_TABLE = "table.json"
+EVAL_PLOT = "table.png"
+
+
+def eval_edits_key(row: int) -> str:
+    return f"edits/{row:02d}.json"
+
+
+def eval_shard_key(shard: int) -> str:
+    return f"results/{shard:05d}.jsonl"
