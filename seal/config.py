@@ -272,10 +272,11 @@ class LoraConfig(Section):
     epochs: int = Field(10, ge=1, description="Passes over the training examples.")
     batch_size: int = Field(1, ge=1, description="Examples per optimiser step.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    lr_schedule: Literal["linear", "constant"] = Field(
+    lr_schedule: Literal["linear", "cosine", "constant"] = Field(
         "linear",
         description="Learning rate over a fit's optimiser steps: 'linear' decays from lr to 0 with no "
-        "warm-up (the paper's: Hugging Face Trainer's default), 'constant' keeps lr (seal's earlier default).",
+        "warm-up (the paper's: Hugging Face Trainer's default), 'cosine' is half a cosine from lr to 0 (the "
+        "paper's ARC test-time training), 'constant' keeps lr (seal's earlier default).",
     )
 
 

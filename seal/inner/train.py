@@ -8,6 +8,7 @@ Padding never enters the loss (the reference implementation let it in: a bug not
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,10 +102,14 @@ def schedule(n_rows: int, lora: LoraConfig, seed: int) -> list[list[int]]:
 def lr_factor(step: int, total: int, kind: str) -> float:
     """The share of `lr` that optimiser step `step` (from 0) of `total` uses. 'linear' is Hugging
     Face's linear schedule without warm-up, which the paper's Trainer runs: (total - step) / total,
-    so the first step uses lr and the last lr / total. Both trainers call this: the sequential one
-    sets its AdamW's lr, the batched one scales each adapter's lr in its stacked step."""
+    so the first step uses lr and the last lr / total. 'cosine' is Hugging Face's cosine schedule
+    without warm-up (half a cosine from lr to 0), which the paper's ARC test-time training runs.
+    Both trainers call this: the sequential one sets its AdamW's lr, the batched one scales each
+    adapter's lr in its stacked step."""
     if kind == "constant" or total <= 0:
         return 1.0
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
     return max(0.0, (total - step) / total)
 
 

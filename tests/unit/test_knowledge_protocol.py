@@ -95,6 +95,8 @@ def test_edit_items_split_as_the_papers_inner_loop():
 def test_linear_lr_schedule_decays_to_zero_like_hugging_faces():
     assert [lr_factor(s, 4, "linear") for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
     assert lr_factor(3, 4, "constant") == 1.0
+    cosine = [lr_factor(s, 4, "cosine") for s in range(4)]  # HF's cosine without warm-up
+    assert cosine[0] == 1.0 and abs(cosine[2] - 0.5) < 1e-12 and cosine == sorted(cosine, reverse=True)
     assert load_config(None).inner.lr_schedule == "linear" and load_config(None).mstep.lr_schedule == "linear"
 
 
