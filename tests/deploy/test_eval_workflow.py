@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from argo_local import Failure, LocalArgo, evaluate
 from conftest import TINY
 
@@ -127,6 +128,23 @@ def test_a_model_cache_claim_replaces_cache_in_every_pod(wf):
     for t in (t for t in doc["spec"]["templates"] if "container" in t):
         assert {"name": "seal-cache", "mountPath": "/cache"} in t["container"]["volumeMounts"], t["name"]
     assert schema_errors(doc) == [] and reference_errors(doc) == []
+
+
+def test_seal_submit_fills_it_with_the_config_a_claim_and_one_gpu(capsys):
+    """`seal submit --workflow workflows/eval-knowledge.yaml`: the config's JSON, -p out, the claim
+    swapped in by name, restem's refusal of a second GPU; nothing is contacted with --print."""
+    base = ["submit", str(ROOT / "configs/squad-qwen2.5-7b.yaml"), "--workflow", str(WORKFLOW), "--print"]
+    assert main([*base, "-p", "out=s3://b/evals/t", "-p", "max-pods=8", "--model-cache-claim", "seal-models"]) == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    values = declared_parameters(doc)
+    assert values["out"] == "s3://b/evals/t" and values["max-pods"] == "8"
+    config = load_config(ROOT / "configs/squad-qwen2.5-7b.yaml")
+    assert json.loads(values["config"]) == json.loads(json.dumps(config.model_dump(mode="json")))
+    volumes = {v["name"]: v for v in doc["spec"]["volumes"]}
+    assert volumes["seal-cache"]["persistentVolumeClaim"] == {"claimName": "seal-models"}
+    assert main([*base, "-p", "out=s3://b/e", "-p", "shard-gpus=2"]) == 2
+    assert "shard-gpus=2: seal runs each pod on one GPU" in capsys.readouterr().err
+    assert main(base) == 2 and "pass -p out=VALUE" in capsys.readouterr().err
 
 
 @pytest.mark.slow

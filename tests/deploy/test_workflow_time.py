@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,7 +144,8 @@ def test_gpu_pods_run_their_hours_and_wait_for_a_node_as_long_as_it_takes(flow):
     for shard in flow.items:
         first = attempts(res, flow.gpu, shard)[0]
         ran = (first.finished - first.started) / H
-        assert first.message != DEADLINE_MESSAGE, f"{flow.gpu} {shard} killed after {ran:.1f} h on its node: {first.message}"
+        killed = f"{flow.gpu} {shard} killed after {ran:.1f} h on its node: {first.message}"
+        assert first.message != DEADLINE_MESSAGE, killed
         assert first.exit_code == 0 and ran == (10 if shard == item else 3)
         assert first.deadline_s >= 12 * H  # the template's activeDeadlineSeconds, not a 2 h timeout
     assert attempts(res, flow.gpu, item)[0].started - attempts(res, flow.gpu, item)[0].created == 5 * H
