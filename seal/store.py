@@ -263,13 +263,24 @@ class Store(abc.ABC):
     def read_jsonl(self, key: str) -> list[dict]:
         """The rows of a JSONL object written by write_jsonl; a DataError naming the object when its
         end record is missing or does not match what precedes it (rows cut, added or changed)."""
+        rows, problem = self.jsonl_rows(key)
+        if problem:
+            raise DataError(problem)
+        return rows
+
+    def jsonl_rows(self, key: str) -> tuple[list[dict], str | None]:
+        """The rows that parse, and what is wrong with the object's end record (None: nothing), so
+        a caller that knows which rows to expect can name the missing one first."""
         where = join(self.uri, key)
         text = self.read_text(key)
         body, _, last = text.rstrip("\n").rpartition("\n")
         body = body + "\n" if body else ""
-        end = parse_json(last, f"{where} (last line)") if last.strip() else None
+        try:
+            end = parse_json(last, f"{where} (last line)") if last.strip() else None
+        except DataError:
+            end = None
         if not isinstance(end, dict) or not isinstance(end.get(END), dict):
-            raise DataError(f"damaged: {where} has no end record (cut short, or not written by seal)")
+            body, end = text, {END: {}}  # cut short: every line is a row, the end record is lost
         rows = []
         # split("\n"), not splitlines(): a JSON string may hold a raw U+2028 or form feed.
         for n, line in enumerate(body.split("\n"), 1):
@@ -280,11 +291,13 @@ class Store(abc.ABC):
                 raise DataError(f"malformed JSONL in {where} line {n}: expected one JSON object per line")
             rows.append(row)
         want_rows, want_hash = end[END].get("rows"), end[END].get("sha256")
+        if want_rows is None:
+            return rows, f"damaged: {where} has no end record (cut short, or not written by seal)"
         if want_rows != len(rows):
-            raise DataError(f"damaged: {where} holds {len(rows)} rows, its end record says {want_rows}")
+            return rows, f"damaged: {where} holds {len(rows)} rows, its end record says {want_rows}"
         if want_hash != sha256(body.encode("utf-8")):
-            raise DataError(f"damaged: {where}: content does not match its end record's SHA-256")
-        return rows
+            return rows, f"damaged: {where}: content does not match its end record's SHA-256"
+        return rows, None
 
     def write_jsonl(self, key: str, rows: Iterable[dict]) -> None:
         lines = [self._dumps(key, r) + "\n" for r in rows]

@@ -188,7 +188,7 @@ def read_plan(run: Store, round_: int) -> dict[str, Any]:
 def _rows(run: Store, key: str, schema: Any, expected: list[tuple[int, int]] | None) -> list[dict[str, Any]]:
     """A JSONL object's rows, each validated; with `expected`, exactly those (context, k) pairs."""
     where = f"{run.uri}/{key}"
-    rows = run.read_jsonl(key)
+    rows, problem = run.jsonl_rows(key)
     for n, row in enumerate(rows, 1):
         check(schema, row, f"{where} row {n}")
     if expected is not None:
@@ -197,11 +197,14 @@ def _rows(run: Store, key: str, schema: Any, expected: list[tuple[int, int]] | N
         missing = [p for p in expected if p not in have_set]
         if missing:
             c, k = missing[0]
-            raise DataError(f"damaged: {where}: no row for candidate (context {c}, k {k})"
-                            + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            end = f" ({problem.removeprefix('damaged: ').removeprefix(where).lstrip(': ')})" if problem else ""
+            raise DataError(f"damaged: {where}: no row for candidate (context {c}, k {k}){more}{end}")
         if len(have) != len(expected) or have_set != set(expected):
             raise DataError(f"damaged: {where}: holds {len(have)} rows, the plan has {len(expected)} "
                             "candidates (duplicates or strays)")
+    if problem:
+        raise DataError(problem)
     return rows
 
 
