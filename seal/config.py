@@ -358,9 +358,9 @@ def _describe_error(err: ValidationError) -> str:
     return f"bad value for config key '{key}': {first['msg']}"
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(key: str, text: str) -> Any:
     """`--set` values are YAML scalars or flow collections: 3, 0.5, true, [q_proj, v_proj]."""
-    return parse_yaml(text, f"--set value '{text[:80]}'")
+    return parse_yaml(text, f"--set {key[:100]}={text[:40]}{'...' if len(text) > 40 else ''}")
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -375,7 +375,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"--set '{item}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = _parse_value(key, value)
     return data
 
 
@@ -383,27 +383,50 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe_error(e)) from None
+        raise ConfigError(" ".join(_describe_error(e).split())) from None
     except RecursionError:
         raise ConfigError("config is nested too deeply") from None
 
 
 def parse_yaml(text: str | bytes, where: str) -> Any:
     """YAML text as data; bad YAML, bad bytes, nesting too deep or a huge number is one ConfigError."""
+    where = " ".join(where.split())  # a value quoted in `where` may hold newlines
     if len(text) > CONFIG_MAX_BYTES:
         raise ConfigError(f"{where} is over {CONFIG_MAX_BYTES >> 10} KiB: is it a config?")
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
+        _check_size(data, where)
+        return data
     except UnicodeDecodeError as e:
         raise ConfigError(f"{where} is not UTF-8 text (byte {e.start}): is it a YAML config?") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}"[:300]) from None
     except RecursionError:
         raise ConfigError(f"{where} is nested too deeply to be a config") from None
-    except ValueError as e:  # integers over Python's 4300-digit limit
-        raise ConfigError(f"{where}: bad number: {' '.join(str(e).split())[:120]}") from None
+    except ValueError:  # integers over Python's 4300-digit limit
+        raise ConfigError(f"{where}: bad number (over 4300 digits?)") from None
+
+
+MAX_CONFIG_NODES = 100_000  # values in a config, aliases counted each time they are used
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Refuse YAML whose aliases expand it past MAX_CONFIG_NODES ("billion laughs"): PyYAML shares
+    aliased nodes, but validating or hashing the config would walk every use."""
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_NODES:
+            raise ConfigError(f"{where} expands to over {MAX_CONFIG_NODES} values (YAML aliases?): "
+                              "is it a config?")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def read_yaml(path: Path, what: str, fix: str) -> Any:

@@ -105,7 +105,8 @@ def parse_json(text: str | bytes, where: str) -> Any:
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text: {where} (byte {e.start})") from None
     except ValueError as e:  # NaN/Infinity constants, integers over Python's 4300-digit limit
-        raise DataError(f"bad number in {where}: {_line(e)[:120]}") from None
+        reason = "a number over 4300 digits" if "digits" in str(e) else _line(e)[:120]
+        raise DataError(f"bad number in {where}: {reason}") from None
 
 
 def _no_constant(name: str) -> Any:
@@ -173,7 +174,11 @@ def read_json_file(source: str, what: str) -> Any:
             raise _os_error(f"{what} {source}", e) from None
     if len(raw) > MAX_JSON_BYTES:
         raise DataError(f"{what} {source} is over {MAX_JSON_BYTES >> 20} MiB: split it")
-    return parse_json(raw, f"{what} {source}")
+    try:
+        return parse_json(raw, f"{what} {source}")
+    except DataError as e:
+        raise DataError(f"{what} {source} is not valid JSON: {str(e).split(f'{source}', 1)[-1].lstrip(': ')}"
+                        ) from None
 
 
 def _line(message: object) -> str:
