@@ -582,8 +582,9 @@ class S3Store(Store):
     def _errors(self, key: str) -> Iterator[None]:
         """Turn boto3/botocore exceptions into one-line SealErrors naming the URI and the fix."""
         uri, where = join(self.uri, key), self._conn.endpoint or "AWS"
-        if self._conn.down:
-            raise TransientError(self._conn.down)
+        if self._conn.down:  # no new wait: the server did not answer this process before
+            raise TransientError(f"store unreachable: {uri} ({where}), {self._conn.down}: check the "
+                                 "endpoint URL and that the server is up, then rerun")
         try:
             yield
         except (S3UploadFailedError, S3TransferFailedError) as e:  # boto3 wraps the real cause
@@ -596,10 +597,10 @@ class S3Store(Store):
             raise ConfigError(f"no S3 credentials for {uri}: set AWS_ACCESS_KEY_ID and "
                               "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)") from None
         except (bex.ConnectionError, bex.HTTPClientError) as e:
-            self._conn.down = (f"store unreachable: {uri} ({where}) after {self._conn.attempts} "
-                               f"attempts ({type(e).__name__}): check the endpoint URL and that the "
-                               "server is up, then rerun")
-            raise TransientError(self._conn.down) from None
+            self._conn.down = f"no answer to an earlier request ({type(e).__name__})"
+            raise TransientError(f"store unreachable: {uri} ({where}) after {self._conn.attempts} attempts "
+                                 f"({type(e).__name__}): check the endpoint URL and that the server is up, "
+                                 "then rerun") from None
         except bex.ClientError as e:
             err, meta = e.response.get("Error", {}), e.response.get("ResponseMetadata", {})
             code, status = str(err.get("Code", "")), int(meta.get("HTTPStatusCode") or 0)

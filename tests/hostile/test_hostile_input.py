@@ -73,7 +73,8 @@ def test_hostile_data_file(case, tmp_path):
 
 def test_data_file_that_is_a_folder_or_missing(tmp_path):
     for n, path in enumerate((tmp_path, tmp_path / "absent.json")):
-        res = seal("run", "--set", f"store={tmp_path}/s{n}", "--set", f"task.data={path}", "--set", f"model.base={TINY}")
+        res = seal("run", "--set", f"store={tmp_path}/s{n}", "--set", f"task.data={path}",
+                   "--set", f"model.base={TINY}")
         assert_refused(res, 2, "task.data", str(path))
 
 
