@@ -371,18 +371,27 @@ def main(argv: list[str] | None = None) -> int:
         _metrics_out(args)
         return COMMANDS[args.command](args)
     except SealError as e:
-        print(f"seal: error: {_one_line(e)}", file=sys.stderr)
-        return e.exit_code
+        return _fail(f"seal: error: {_one_line(e)}", e.exit_code, argv is None)
     except OSError as e:  # a local file outside the store (--out, --plot, a model folder)
         where = e.filename or "a local file"
-        print(f"seal: error: cannot access {where}: {e.strerror or e}", file=sys.stderr)
-        return EXIT_TRANSIENT if e.errno in TRANSIENT_ERRNOS else EXIT_USAGE
+        return _fail(f"seal: error: cannot access {where}: {e.strerror or e}",
+                     EXIT_TRANSIENT if e.errno in TRANSIENT_ERRNOS else EXIT_USAGE, argv is None)
     except KeyboardInterrupt:
         print("seal: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(line: str, code: int, process_ends: bool) -> int:
+    """Print the one error line. When the process ends with it, mute logging: libraries' atexit
+    handlers (torch, vLLM engine shutdown) would otherwise log after it, and the error line is
+    what Argo and users read last."""
+    print(line, file=sys.stderr, flush=True)
+    if process_ends:
+        logging.disable(logging.CRITICAL)
+    return code
 
 
 def _one_line(e: Exception) -> str:

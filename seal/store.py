@@ -60,7 +60,7 @@ TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.ESTALE, errno.EDQUO
 # S3: each request times out after S3_CONNECT_TIMEOUT_S (connect) or S3_READ_TIMEOUT_S without a
 # byte (read) and is tried S3_ATTEMPTS times, with botocore's standard backoff (under 1+2+4 s)
 # between: a frozen server fails a command within S3_DEADLINE_S (docs/architecture.md).
-S3_CONNECT_TIMEOUT_S, S3_READ_TIMEOUT_S, S3_ATTEMPTS = 5, 12, 4
+S3_CONNECT_TIMEOUT_S, S3_READ_TIMEOUT_S, S3_ATTEMPTS = 5, 10, 4
 S3_DEADLINE_S = 60
 
 

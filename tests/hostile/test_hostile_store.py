@@ -23,7 +23,7 @@ from conftest import tiny_overrides
 from seal_proc import assert_refused, seal, snapshot
 
 from seal.errors import DataError
-from seal.store import S3_DEADLINE_S, open_store
+from seal.store import S3_ATTEMPTS, S3_DEADLINE_S, S3_READ_TIMEOUT_S, open_store
 
 
 @pytest.fixture(scope="module")
@@ -381,13 +381,11 @@ def frozen_server():
     srv.close()
 
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1",
-          "AWS_EC2_METADATA_DISABLED": "true", "SEAL_S3_MAX_ATTEMPTS": "", "SEAL_S3_READ_TIMEOUT": ""}
-
-
 def s3_env(endpoint: str) -> dict[str, str]:
-    env = {**S3_ENV, "SEAL_S3_ENDPOINT_URL": endpoint}
-    return {k: v for k, v in env.items() if v} | {"SEAL_S3_MAX_ATTEMPTS": "4", "SEAL_S3_READ_TIMEOUT": "12"}
+    """Dummy credentials, no instance-metadata probe, and seal's default timeouts and tries."""
+    return {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true", "SEAL_S3_ENDPOINT_URL": endpoint,
+            "SEAL_S3_MAX_ATTEMPTS": str(S3_ATTEMPTS), "SEAL_S3_READ_TIMEOUT": str(S3_READ_TIMEOUT_S)}
 
 
 def test_a_frozen_s3_server_gives_exit_75_within_the_documented_time(frozen_server, tmp_path):
