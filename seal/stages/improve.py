@@ -22,6 +22,7 @@ from seal.stages.runs import (
     adapters_key,
     fetch_policy,
     kept_key,
+    plan_key,
     policy_has_adapter,
     policy_key,
     read_edits,
@@ -34,7 +35,7 @@ from seal.stages.runs import (
     summary_key,
 )
 from seal.stages.runtime import Runtime
-from seal.store import Store
+from seal.store import Store, sha256
 
 
 def filter_scores(scores: list[dict[str, Any]], rule: FilterConfig) -> list[dict[str, Any]]:
@@ -107,6 +108,8 @@ def improve_round(rt: Runtime, round_: int, redo: bool = False) -> dict[str, Any
     baselines = {r["context"]: r["baseline"] for r in scores}
     summary = {
         "round": round_,
+        # The plan is a JSON object without an end record: its hash here lets `seal verify` check it.
+        "plan_sha256": sha256(run.read_bytes(plan_key(round_))),
         "contexts": len(plan["contexts"]),
         "candidates": len(scores),
         "mean_reward": sum(rewards) / len(rewards),

@@ -19,6 +19,8 @@ DataError (exit 65) naming it and the command that redoes it (`redo_command`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from datetime import UTC, datetime
@@ -117,7 +119,19 @@ def stored_config(run: Store, meta: dict[str, Any]) -> RunConfig:
 def run_config(run: Store | str, fix: str = "check the run URI (<store>/<run_id>)") -> tuple[Store, RunConfig]:
     """The run's store and the config fixed in its run.json."""
     store, meta = load_run(run, fix)
-    return store, stored_config(store, meta)
+    cfg = stored_config(store, meta)
+    if not config_intact(meta):  # stages must not compute on a config edited by hand
+        raise DataError(f"damaged: {store.uri}/{RUN_JSON}: field 'config' does not match its fingerprint: "
+                        "restore the config the run was made with")
+    return store, cfg
+
+
+def config_intact(meta: dict[str, Any]) -> bool:
+    """Whether run.json's config is the one its fingerprint was made from. Hashed as stored, the
+    way RunConfig.fingerprint hashes it at init, so fields a later seal adds with defaults do not
+    count as edits."""
+    data = {k: v for k, v in meta["config"].items() if k not in ("rounds", "store")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16] == meta["fingerprint"]
 
 
 def init_run(run: Store, cfg: RunConfig) -> dict[str, Any]:

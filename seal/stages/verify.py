@@ -17,6 +17,7 @@ from typing import Any
 from seal.errors import DataError
 from seal.stages.runs import (
     adapters_key,
+    config_intact,
     kept_key,
     load_plan,
     load_run,
@@ -33,7 +34,7 @@ from seal.stages.runs import (
     stored_config,
     summary_key,
 )
-from seal.store import Store
+from seal.store import Store, sha256
 
 
 @dataclass
@@ -59,6 +60,9 @@ def verify_run(run_uri: str) -> Report:
     run, meta = load_run(run_uri)
     cfg = stored_config(run, meta)
     report = Report(run.uri, checked=1)
+    if not config_intact(meta):
+        report.problems.append(f"{run.uri}/run.json: field 'config' does not match its fingerprint (edited "
+                               "by hand?): restore the config the run was made with")
     r = 0
     while r < cfg.rounds or run.exists(plan_key(r)):
         _verify_round(run, cfg, r, report)
@@ -128,14 +132,31 @@ def _verify_improve(run: Store, r: int, finished: bool, report: Report,
             continue
         if key == kept_key(r):
             kept = obj
-        if key == summary_key(r) and scores is not None and obj["candidates"] != len(scores):
-            _problem(report, f"{run.uri}/{key}: field 'candidates' is {obj['candidates']}, the scores "
-                     f"hold {len(scores)} rows", _redo(run, r, "improve", None, True))
+        if key == summary_key(r):
+            for name, want in _summary_figures(run, r, scores, kept).items():
+                if name == "plan_sha256" and obj.get(name, want) != want:
+                    _problem(report, f"{run.uri}/{plan_key(r)}: content does not match the SHA-256 its round's "
+                             "summary.json recorded", _redo(run, r, "plan", None, True))
+                elif obj.get(name, want) != want:
+                    _problem(report, f"{run.uri}/{key}: field '{name}' is {obj[name]!r}, its inputs give "
+                             f"{want!r}", _redo(run, r, "improve", None, True))
     if run.exists(policy_key(r)):
         report.checked += 1
         for problem in run.verify_dir(policy_key(r)):
             _problem(report, problem, _redo(run, r, "improve", None, finished))
     return kept
+
+
+def _summary_figures(run: Store, r: int, scores: list[dict[str, Any]] | None,
+                     kept: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """What a summary must say, recomputed from the round's objects (those read whole)."""
+    want: dict[str, Any] = {"plan_sha256": sha256(run.read_bytes(plan_key(r)))}
+    if scores:
+        rewards = [row["reward"] for row in scores]
+        want.update(candidates=len(scores), mean_reward=sum(rewards) / len(rewards), max_reward=max(rewards))
+    if kept is not None:
+        want["kept"] = len(kept)
+    return want
 
 
 def _verify_adapters(run: Store, cfg: Any, r: int, finished: bool, report: Report,

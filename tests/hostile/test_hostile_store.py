@@ -127,6 +127,10 @@ DAMAGE = {  # name -> (function of the run folder returning the damaged object's
                               "field 'kept'"),
     "policy-json-missing-key": (lambda run: _json_edit(run / "round-0/policy/policy.json",
                                                        lambda d: d.pop("adapter")), "field 'adapter'"),
+    "plan-contexts-changed": (lambda run: _json_edit(run / "round-1/plan.json", lambda d: d["contexts"].append(99)),
+                              "does not match the SHA-256 its round's summary.json recorded"),
+    "summary-figure-changed": (lambda run: _json_edit(run / "round-0/summary.json",
+                                                      lambda d: d.update(mean_reward=0.75)), "field 'mean_reward'"),
 }
 
 
@@ -186,7 +190,7 @@ def test_verify_names_each_damaged_object(case, run):
     before = snapshot(run)
     res = seal("verify", str(run))
     assert_refused(res, 65, "damaged object", str(run))
-    named = [line for line in res.stdout.splitlines() if rel.rsplit("/", 1)[0] in line]
+    named = [line for line in res.stdout.splitlines() if rel in line]
     assert named and reason in named[0] and "--redo`" in named[0], res.stdout
     unchanged_except(run, before)
 
@@ -224,6 +228,14 @@ def test_readers_refuse_a_damaged_object_in_one_line(case, run):
     before = snapshot(run, skip=())
     res = seal(*command, str(run), cwd=run.parent)
     assert_refused(res, 65, named)
+    unchanged_except(run, before)
+
+
+def test_stages_refuse_a_config_edited_by_hand(run):
+    _json_edit(run / "run.json", lambda d: d["config"].update(seed=7))
+    before = snapshot(run, skip=())
+    res = seal("plan", "--run", str(run), "--round", "0", "--redo")
+    assert_refused(res, 65, f"{run}/run.json", "does not match its fingerprint")
     unchanged_except(run, before)
 
 
