@@ -415,3 +415,28 @@ def test_a_closed_s3_port_gives_exit_75(tmp_path):
     srv.close()  # nothing listens there now
     res = seal("status", "s3://bucket/runs/r1", env=s3_env(f"http://127.0.0.1:{port}"), timeout=S3_DEADLINE_S)
     assert_refused(res, 75, "store unreachable", "s3://bucket/runs/r1")
+
+
+def test_verify_on_s3_names_a_removed_row_and_a_missing_adapter_file(finished, s3_env):
+    """The same checks on a real S3 server (SeaweedFS): the finished run uploaded object by object,
+    then one scores row and one adapter file removed."""
+    import boto3
+    from botocore.config import Config
+
+    _, folder = finished
+    bucket, _, prefix = s3_env[len("s3://"):].partition("/")
+    client = boto3.client("s3", config=Config(s3={"addressing_style": "path"}))
+    for p in folder.rglob("*"):
+        if p.is_file():
+            client.upload_file(str(p), bucket, f"{prefix}/t/{p.relative_to(folder).as_posix()}")
+    scores = f"{prefix}/t/round-1/scores/00000.jsonl"
+    lines = rows(folder / "round-1/scores/00000.jsonl")
+    client.put_object(Bucket=bucket, Key=scores, Body=("\n".join(lines[1:]) + "\n").encode())
+    adapter = next(p for p in (folder / "round-0/adapters").rglob("adapter_model.safetensors"))
+    client.delete_object(Bucket=bucket, Key=f"{prefix}/t/{adapter.relative_to(folder).as_posix()}")
+    row = json.loads(lines[0])
+    res = seal("verify", f"{s3_env}/t")
+    assert_refused(res, 65, "2 damaged object", f"{s3_env}/t")
+    assert f"{s3_env}/t/round-1/scores/00000.jsonl: no row for candidate (context {row['context']}, k {row['k']})" \
+        in res.stdout, res.stdout
+    assert f"{s3_env}/t/{adapter.relative_to(folder).as_posix()} is missing from its complete folder" in res.stdout
