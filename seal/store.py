@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 MARKER = ".complete"  # written last into a folder by put_dir; each file's size and SHA-256
 _TMP = ".seal-tmp-"  # prefix of FileStore temp files/folders, hidden from list()
 END = "seal_end"  # the key of a JSONL object's last line: {"seal_end": {"rows": N, "sha256": H}}
+NO_END = "has no end record (cut short, or not written by seal)"
 TMP_MAX_AGE_S = 3600  # sweep_tmp removes temp files older than this (a live writer touches its own)
 MAX_JSON_BYTES = 256 * 2**20  # a store JSON/JSONL object above this is refused unread (bounded memory)
 # Local I/O errors worth retrying: a full shared volume may drain, a flaky disk or NFS server may
@@ -297,7 +298,7 @@ class Store(abc.ABC):
             rows.append(row)
         want_rows, want_hash = end[END].get("rows"), end[END].get("sha256")
         if want_rows is None:
-            return rows, f"damaged: {where} has no end record (cut short, or not written by seal)"
+            return rows, f"damaged: {where} {NO_END}"
         if want_rows != len(rows):
             return rows, f"damaged: {where} holds {len(rows)} rows, its end record says {want_rows}"
         if want_hash != sha256(body.encode("utf-8")):

@@ -31,11 +31,14 @@ from seal import __version__
 from seal.config import RunConfig, from_dict
 from seal.errors import ConfigError, DataError, SealError
 from seal.stages.schemas import EditRow, KeptRow, Plan, PolicyMeta, RunMeta, ScoreRow, Summary, check
-from seal.store import Store, open_store
+from seal.store import NO_END, Store, open_store
 
 log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
+# run.json's "format": 1 since JSONL objects end with an end record. Runs made before have none;
+# their JSONL objects are read without one (their shards are still checked against the plan).
+FORMAT = 1
 SHARD_NAME = re.compile(r"^(\d{5})\.jsonl$")  # what shard_key writes; other files are not shards
 
 
@@ -150,6 +153,7 @@ def init_run(run: Store, cfg: RunConfig) -> dict[str, Any]:
         meta["config"]["rounds"] = cfg.rounds  # extending or shortening a run is allowed
     else:
         meta = {
+            "format": FORMAT,
             "config": cfg.model_dump(mode="json"),
             "fingerprint": cfg.fingerprint(),
             "version": __version__,
@@ -217,9 +221,15 @@ def _rows(run: Store, key: str, schema: Any, expected: list[tuple[int, int]] | N
         if len(have) != len(expected) or have_set != set(expected):
             raise DataError(f"damaged: {where}: holds {len(have)} rows, the plan has {len(expected)} "
                             "candidates (duplicates or strays)")
-    if problem:
+    if problem and not (problem.endswith(NO_END) and _legacy(run)):
         raise DataError(problem)
     return rows
+
+
+def _legacy(run: Store) -> bool:
+    """Whether the run predates end records (no "format" in its run.json): read only when an
+    object has no end record."""
+    return run.exists(RUN_JSON) and "format" not in load_run(run)[1]
 
 
 def edit_pairs(plan: dict[str, Any], shard: int) -> list[tuple[int, int]]:

@@ -440,3 +440,18 @@ def test_verify_on_s3_names_a_removed_row_and_a_missing_adapter_file(finished, s
     assert f"{s3_env}/t/round-1/scores/00000.jsonl: no row for candidate (context {row['context']}, k {row['k']})" \
         in res.stdout, res.stdout
     assert f"{s3_env}/t/{adapter.relative_to(folder).as_posix()} is missing from its complete folder" in res.stdout
+
+
+def test_a_run_made_before_end_records_still_reads_and_a_removed_row_is_still_named(run):
+    meta = json.loads((run / "run.json").read_text())
+    assert meta.pop("format") == 1  # what init writes now
+    (run / "run.json").write_text(json.dumps(meta))
+    for path in [*run.glob("round-*/*/*.jsonl"), *run.glob("round-*/kept.jsonl")]:
+        lines = rows(path)
+        assert json.loads(lines[-1]).keys() == {"seal_end"}
+        path.write_text("\n".join(lines[:-1]) + "\n")
+    assert seal("verify", str(run)).returncode == 0
+    _drop_row(run / "round-1/scores/00001.jsonl")
+    res = seal("verify", str(run))
+    assert_refused(res, 65, "1 damaged object")
+    assert "round-1/scores/00001.jsonl: no row for candidate" in res.stdout
