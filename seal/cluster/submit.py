@@ -46,6 +46,8 @@ def inline_config(text: str, overrides: list[str]) -> RunConfig:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"--config: inline JSON config is not valid JSON ({e.msg} at character {e.pos})") from None
+    except (RecursionError, ValueError):  # nested too deeply, a number over 4300 digits
+        raise ConfigError("--config: inline JSON config is nested too deeply or holds a bad number") from None
     if not isinstance(data, dict):
         raise ConfigError("--config: an inline JSON config must be an object of keys to values")
     return from_dict(apply_overrides(data, overrides))
