@@ -27,9 +27,19 @@ class Example:
     prompt: str = ""
 
 
+def leading_specials(tokenizer: Any) -> list[int]:
+    """[bos] when the tokenizer starts every text it encodes with BOS (Gemma, Llama), else []: the
+    trained rows then begin as the prompts generation feeds the model do (Gemma without its BOS
+    answers badly). Tokenizers that add none (Qwen, seal's tiny ones) are unchanged."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer("")["input_ids"][:1] == [bos] else []
+
+
 def encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids and labels (prompt tokens masked), with EOS so the model learns to stop."""
-    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"] if example.prompt else []
+    prompt_ids = leading_specials(tokenizer)
+    if example.prompt:
+        prompt_ids = prompt_ids + tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
     text_ids = tokenizer(example.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (prompt_ids + text_ids)[:max_length]
     labels = ([IGNORE] * len(prompt_ids) + text_ids)[:max_length]
