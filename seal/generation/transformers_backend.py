@@ -63,9 +63,11 @@ class TransformersGenerator:
             self.route(adapters)
         with torch.no_grad():
             for _ in range(params.max_new_tokens):
+                # logits_to_keep=1: only the last position's logits; a prompt's full logits would
+                # be 1 MB per token with Gemma 3's 262k vocabulary, and the head most of the compute.
                 res = model(
                     input_ids=step_ids, attention_mask=mask, position_ids=pos,
-                    past_key_values=past, use_cache=True,
+                    past_key_values=past, use_cache=True, logits_to_keep=1,
                 )
                 past = res.past_key_values
                 logits = res.logits[:, -1, :].float().cpu()
