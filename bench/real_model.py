@@ -54,16 +54,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="optimiser steps per adapter")
     args = ap.parse_args()
 
-    if args.cold:
-        with tempfile.TemporaryDirectory(prefix="seal-bench-cache-") as cache:
-            os.environ["SEAL_CACHE"] = cache
-            t0 = time.perf_counter()
-            resolve_model(SPEC)
-            report("conversion, cold (assemble + de-quantise + save)", f"{time.perf_counter() - t0:.1f} s")
-            from seal.models import gguf
+    cold_cache = tempfile.TemporaryDirectory(prefix="seal-bench-cache-") if args.cold else None
+    if cold_cache is not None:
+        os.environ["SEAL_CACHE"] = cold_cache.name  # this run's own cache, removed at exit
+        t0 = time.perf_counter()
+        resolve_model(SPEC)
+        report("conversion, cold (assemble + de-quantise + save)", f"{time.perf_counter() - t0:.1f} s")
+        from seal.models import gguf
 
-            gguf._resolved.clear()
-            os.environ.pop("SEAL_CACHE")
+        gguf._resolved.clear()  # the warm load below, as a new process would do it
     t0 = time.perf_counter()
     resolve_model(SPEC)
     t1 = time.perf_counter()
