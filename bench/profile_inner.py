@@ -4,7 +4,8 @@ pass into the parts of a pass and the kinds of work inside them.
 
 Phases (each wrapped in a torch.profiler.record_function by this script, not by seal):
   schedule   choosing the pass's adapters and building its batch (pick_adapters, collate, copy)
-  forward    the model's forward pass        loss   the per-adapter cross-entropy
+  forward    the model's forward pass        loss   the per-adapter cross-entropy (packed
+             passes: with building the packed row and its index maps)
   backward   autograd                        optimizer  the stacked AdamW step
   sync       the pass's one device->host copy of the losses
 and inside them, by operator: base matmuls, LoRA matmuls (bmm), gathers/scatters of adapter
@@ -71,7 +72,7 @@ def instrument(multilora) -> dict:
     orig = {name: getattr(multilora, name) for name in ("pick_adapters", "collate", "_per_adapter_loss")}
 
     def pick(*a, **k):
-        counts["passes"] += 1
+        counts["passes"] += 1  # padded passes
         with record_function("schedule"):
             return orig["pick_adapters"](*a, **k)
 
@@ -87,6 +88,17 @@ def instrument(multilora) -> dict:
             return orig["_per_adapter_loss"](*a, **k)
 
     multilora.pick_adapters, multilora.collate, multilora._per_adapter_loss = pick, collate, loss
+    if hasattr(multilora, "_packed_losses"):  # packed passes: building the packed row, forward and loss
+        packed = multilora._packed_losses
+
+        def packed_losses(model, multi, rows, *a, **k):
+            counts["passes"] += 1
+            counts["tokens"] += sum(len(ids) for ids, _ in rows)
+            counts["positions"] += sum(len(ids) for ids, _ in rows)
+            with record_function("loss"):
+                return packed(model, multi, rows, *a, **k)
+
+        multilora._packed_losses = packed_losses
     opt_cls = multilora._StackedAdamW
     step, zero = opt_cls.step, opt_cls.zero_grad
 
@@ -180,8 +192,12 @@ def main() -> None:
     events = prof.events()  # built once: walking it is the slow part
     for ev in events:
         if ev.name in PHASES:
-            if phase_of(ev.cpu_parent) is None:  # outermost range of its phase
-                phase_wall[ev.name] += ev.cpu_time_total
+            # a phase's own wall time: a range nested in another phase (the forward inside a
+            # packed pass's loss) counts for itself, not for the one around it
+            phase_wall[ev.name] += ev.cpu_time_total
+            outer = phase_of(ev.cpu_parent)
+            if outer is not None:
+                phase_wall[outer] -= ev.cpu_time_total
             continue
         ph = phase_of(ev)
         if ph is not None:

@@ -687,6 +687,11 @@ class _StackedAdamW:
 
 # --- training all jobs, B at a time ----------------------------------------------------------------
 
+# fit_jobs runs packed passes where the model allows them; bench/inner_loop.py turns this off for
+# its padded-passes arm, to measure what packing gains in the same run.
+PACKED_PASSES = True
+
+
 
 def fit_jobs(model: Any, tokenizer: Any, jobs: list[FitJob], inner: Any,
              max_length: int) -> tuple[list[FitResult], list[float]]:
@@ -705,7 +710,7 @@ def fit_jobs(model: Any, tokenizer: Any, jobs: list[FitJob], inner: Any,
         for start in range(0, len(members), b):
             chunk = members[start: start + b]
             t0 = time.perf_counter()
-            out = train_many(model, tokenizer, [jobs[i] for i in chunk], max_length)
+            out = train_many(model, tokenizer, [jobs[i] for i in chunk], max_length, pack=PACKED_PASSES)
             share = (time.perf_counter() - t0) / len(chunk)
             for i, res in zip(chunk, out, strict=True):
                 results[i], seconds[i] = res, share
