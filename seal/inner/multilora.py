@@ -15,8 +15,15 @@ adapters except the frozen base, so each one trains exactly as if it were alone:
   order `train.train` walks too); one that runs out of steps stops updating while the others go on;
 - the loss is the sum over adapters of each adapter's own per-batch token mean (what the
   sequential loop's `model(**batch).loss` is), so adapter b's gradient is its own loss's gradient;
-- AdamW runs per adapter (its own lr, weight decay and step count), vectorised over the stack,
-  with exactly torch.optim.AdamW's update rule; adapters without a batch this step do not move.
+- AdamW runs per adapter (its own lr, weight decay and step count), one multi-tensor step over
+  every stacked parameter, with torch.optim.AdamW's update rule; adapters without a batch this
+  step do not move; `lr_scale` takes a learning-rate schedule's factor per step.
+
+A pass packs its rows end to end as one row where the model allows it (`Packing`,
+`packing_works`): position ids restart at each row and attention runs per row (packed_attention,
+registered with transformers' attention interface), so the linear layers, norms, MLPs, logits and
+loss compute no padding and every adapter with a step left takes it in every pass. Otherwise rows
+are padded and `pick_adapters` groups adapters whose next batches have similar lengths.
 
 `tests/integration/test_multilora.py` checks adapters, losses and answers against the sequential
 path.
@@ -107,7 +114,7 @@ def _layer_class():
             shape = xa.shape
             pack = self.router.pack
             if pack is not None:  # [1, T, in] packed rows: this layer's bmm runs on them padded
-                xa = pack.pad(xa.reshape(-1, shape[-1]))
+                xa = pack.pad_input(xa)
             h = torch.bmm(xa.reshape(idx.shape[0], -1, shape[-1]), a.transpose(1, 2))
             delta = torch.bmm(h, b.transpose(1, 2)) * scale.view(-1, 1, 1)
             if pack is not None:
@@ -142,6 +149,15 @@ class Packing:
         self.pad_index = torch.tensor(pad, device=device)
         self.unpad_index = torch.tensor(unpad, device=device)
         self.position_ids = torch.tensor([j for ln in lengths for j in range(ln)], device=device).unsqueeze(0)
+        self._src: Any = None
+        self._padded: Any = None
+
+    def pad_input(self, x: Any) -> Any:
+        """A LoRA layer's input [1, T, in] padded, [N, W, in]; layers that read the same tensor
+        (q, k and v projections) share one padded copy."""
+        if self._src is not x:
+            self._src, self._padded = x, self.pad(x.reshape(-1, x.shape[-1]))
+        return self._padded
 
     def pad(self, x: Any) -> Any:
         """[T, ...] -> [N, W, ...]"""
