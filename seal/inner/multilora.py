@@ -129,26 +129,62 @@ def _layer_class():
 PACKED_ATTENTION = "seal_packed"  # the name under which transformers finds packed_attention
 
 
+_INDEX_FNS: dict[str, Any] = {}
+
+
+def _index_fns() -> dict[str, Any]:
+    """Row scatter and gather whose backward passes are each other (copies, no accumulation): what
+    index_select's own backward does with an add into zeros, which is slow on a CPU."""
+    if _INDEX_FNS:
+        return _INDEX_FNS
+    import torch
+
+    class Scatter(torch.autograd.Function):
+        """x [T, ...] -> [size, ...]: row idx[t] is x[t], the other rows 0 (idx: distinct)."""
+
+        @staticmethod
+        def forward(ctx: Any, x: Any, idx: Any, size: int) -> Any:
+            ctx.save_for_backward(idx)
+            return x.new_zeros((size, *x.shape[1:])).index_copy_(0, idx, x)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            (idx,) = ctx.saved_tensors
+            return grad.index_select(0, idx), None, None
+
+    class Gather(torch.autograd.Function):
+        """x [size, ...] -> [T, ...]: row t is x[idx[t]] (idx: distinct)."""
+
+        @staticmethod
+        def forward(ctx: Any, x: Any, idx: Any) -> Any:
+            ctx.save_for_backward(idx)
+            ctx.size = x.shape[0]
+            return x.index_select(0, idx)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            (idx,) = ctx.saved_tensors
+            return grad.new_zeros((ctx.size, *grad.shape[1:])).index_copy_(0, idx, grad), None
+
+    _INDEX_FNS.update(scatter=Scatter.apply, gather=Gather.apply)
+    return _INDEX_FNS
+
+
 class Packing:
     """A pass's rows laid end to end as one row of T tokens (position ids restart at each row), so
     every token-wise part of the model (the linear layers, norms, MLPs, logits, loss) computes no
     padding. Only attention, and the LoRA layers' per-row bmm, see the rows padded to the longest
-    (W), through two index maps: `pad` [T, ...] -> [N, W, ...], `unpad` back."""
+    (W), through `pad` [T, ...] -> [N, W, ...] (padding slots 0) and `unpad` back."""
 
     def __init__(self, lengths: list[int], device: Any):
         import torch
 
         self.n, self.width = len(lengths), max(lengths)
-        starts = [0]
-        for ln in lengths[:-1]:
-            starts.append(starts[-1] + ln)
-        # padded slot (i, j) reads packed token starts[i] + j; slots past a row's end read token 0
-        # (their results are never read back)
-        pad = [starts[i] + j if j < ln else 0 for i, ln in enumerate(lengths) for j in range(self.width)]
-        unpad = [i * self.width + j for i, ln in enumerate(lengths) for j in range(ln)]
-        self.pad_index = torch.tensor(pad, device=device)
-        self.unpad_index = torch.tensor(unpad, device=device)
+        # token t of row i (the packed row's starts[i] + j) sits in padded slot i * W + j
+        slots = [i * self.width + j for i, ln in enumerate(lengths) for j in range(ln)]
+        self.slots = torch.tensor(slots, device=device)
         self.position_ids = torch.tensor([j for ln in lengths for j in range(ln)], device=device).unsqueeze(0)
+        self.fns = _index_fns()
         self._src: Any = None
         self._padded: Any = None
 
@@ -161,11 +197,11 @@ class Packing:
 
     def pad(self, x: Any) -> Any:
         """[T, ...] -> [N, W, ...]"""
-        return x.index_select(0, self.pad_index).view(self.n, self.width, *x.shape[1:])
+        return self.fns["scatter"](x, self.slots, self.n * self.width).view(self.n, self.width, *x.shape[1:])
 
     def unpad(self, x: Any) -> Any:
         """[N, W, ...] -> [T, ...]"""
-        return x.reshape(self.n * self.width, *x.shape[2:]).index_select(0, self.unpad_index)
+        return self.fns["gather"](x.reshape(self.n * self.width, *x.shape[2:]), self.slots)
 
 
 _ACTIVE_PACKING: list[Packing] = []  # the packed pass running now (packed_attention reads it)
@@ -187,18 +223,17 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[-1]
 
     def padded(t: Any) -> Any:  # [1, h, T, d] -> [N, h, W, d]
-        return pack.pad(t[0].transpose(0, 1)).transpose(1, 2)
+        return pack.pad(t.squeeze(0).transpose(0, 1)).transpose(1, 2)
 
     q, k, v = padded(query), padded(key), padded(value)
-    if kv_heads != heads:  # grouped-query attention: each key/value head serves heads // kv_heads queries
-        k = k.repeat_interleave(heads // kv_heads, dim=1)
-        v = v.repeat_interleave(heads // kv_heads, dim=1)
     mask = None
     if sliding_window and pack.width > sliding_window:
         i = torch.arange(pack.width, device=q.device)
         mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < sliding_window)
+    # grouped-query attention (each key/value head serving heads // kv_heads queries) inside SDPA
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                         dropout_p=dropout if module.training else 0.0, scale=scaling)
+                                         dropout_p=dropout if module.training else 0.0, scale=scaling,
+                                         enable_gqa=kv_heads != heads)
     out = pack.unpad(out.transpose(1, 2))  # [T, H, D]
     return out.reshape(1, -1, heads, dim), None
 
@@ -223,7 +258,7 @@ def _packed_logits(model: Any, rows: list[list[int]], lengths: list[int]) -> Any
     ids = torch.tensor([t for r in rows for t in r], device=device).unsqueeze(0)
     _ACTIVE_PACKING.append(pack)
     try:
-        return model(input_ids=ids, position_ids=pack.position_ids).logits[0]
+        return model(input_ids=ids, position_ids=pack.position_ids).logits.squeeze(0)
     finally:
         _ACTIVE_PACKING.pop()
 
@@ -609,7 +644,7 @@ def _packed_losses(model: Any, multi: MultiLora, rows: list[tuple[list[int], lis
     multi.router.pack = pack
     _ACTIVE_PACKING.append(pack)
     try:
-        logits = model(input_ids=ids, position_ids=pack.position_ids).logits[0]
+        logits = model(input_ids=ids, position_ids=pack.position_ids).logits.squeeze(0)  # a view: no copy back
     finally:
         _ACTIVE_PACKING.pop()
     tok = F.cross_entropy(logits.float(), shifted, ignore_index=IGNORE, reduction="none")
