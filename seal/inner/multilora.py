@@ -174,7 +174,8 @@ class Packing:
     """A pass's rows laid end to end as one row of T tokens (position ids restart at each row), so
     every token-wise part of the model (the linear layers, norms, MLPs, logits, loss) computes no
     padding. Only attention, and the LoRA layers' per-row bmm, see the rows padded to the longest
-    (W), through `pad` [T, ...] -> [N, W, ...] (padding slots 0) and `unpad` back."""
+    (W), through `pad` [T, ...] -> [N, W, ...] (padding slots 0) and `unpad` back; attention pads
+    per group of rows of similar length (`pad_groups`, `unpad_groups`)."""
 
     def __init__(self, lengths: list[int], device: Any):
         import torch
@@ -185,6 +186,24 @@ class Packing:
         self.slots = torch.tensor(slots, device=device)
         self.position_ids = torch.tensor([j for ln in lengths for j in range(ln)], device=device).unsqueeze(0)
         self.fns = _index_fns()
+        # Attention pads per group of rows of similar length (its cost grows with rows x width^2):
+        # group g's rows sit in its own [n_g, W_g] block of one buffer of `attn_size` slots.
+        self.groups = attention_groups(lengths)
+        starts = [0]
+        for ln in lengths[:-1]:
+            starts.append(starts[-1] + ln)
+        where = [0] * sum(lengths)
+        offset = 0
+        self.group_shapes = []
+        for rows in self.groups:
+            width = max(lengths[i] for i in rows)
+            for k, i in enumerate(rows):
+                for j in range(lengths[i]):
+                    where[starts[i] + j] = offset + k * width + j
+            self.group_shapes.append((len(rows), width))
+            offset += len(rows) * width
+        self.attn_size = offset
+        self.attn_slots = torch.tensor(where, device=device)
         self._src: Any = None
         self._padded: Any = None
 
@@ -202,6 +221,44 @@ class Packing:
     def unpad(self, x: Any) -> Any:
         """[N, W, ...] -> [T, ...]"""
         return self.fns["gather"](x.reshape(self.n * self.width, *x.shape[2:]), self.slots)
+
+    def pad_groups(self, x: Any) -> list[Any]:
+        """[T, ...] -> one [n_g, W_g, ...] per attention group"""
+        buf = self.fns["scatter"](x, self.attn_slots, self.attn_size)
+        parts = buf.split([n * w for n, w in self.group_shapes])  # views; backward is one cat
+        return [part.view(n, w, *x.shape[1:]) for part, (n, w) in zip(parts, self.group_shapes, strict=True)]
+
+    def unpad_groups(self, xs: list[Any]) -> Any:
+        """one [n_g, W_g, ...] per attention group -> [T, ...]"""
+        import torch
+
+        flat = torch.cat([x.reshape(-1, *x.shape[2:]) for x in xs]) if len(xs) > 1 else xs[0].flatten(0, 1)
+        return self.fns["gather"](flat, self.attn_slots)
+
+
+# A separate attention call per group costs about this many (token x token) units on top of its
+# rows x width^2: a heuristic for attention_groups.
+GROUP_OVERHEAD = 64 * 64
+
+
+def attention_groups(lengths: list[int]) -> list[list[int]]:
+    """Rows (indices into `lengths`) split into groups of similar length, minimising the padded
+    attention's cost, sum over groups of rows x width^2 (+ GROUP_OVERHEAD each): contiguous runs of
+    the rows sorted by length, the best split found by dynamic programming."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[k]: cost of the first k rows (longest first)
+    cut = [0] * (n + 1)
+    for k in range(1, n + 1):
+        for j in range(k):  # rows j..k-1 form the last group; its width is row j's length
+            cost = best[j] + (k - j) * lengths[order[j]] ** 2 + GROUP_OVERHEAD
+            if cost < best[k]:
+                best[k], cut[k] = cost, j
+    groups, k = [], n
+    while k > 0:
+        groups.append(order[cut[k]:k])
+        k = cut[k]
+    return groups[::-1]
 
 
 _ACTIVE_PACKING: list[Packing] = []  # the packed pass running now (packed_attention reads it)
@@ -222,19 +279,22 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     pack = _ACTIVE_PACKING[-1]
     heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[-1]
 
-    def padded(t: Any) -> Any:  # [1, h, T, d] -> [N, h, W, d]
-        return pack.pad(t.squeeze(0).transpose(0, 1)).transpose(1, 2)
+    def padded(t: Any) -> list[Any]:  # [1, h, T, d] -> per group [n_g, h, W_g, d]
+        return [g.transpose(1, 2) for g in pack.pad_groups(t.squeeze(0).transpose(0, 1))]
 
-    q, k, v = padded(query), padded(key), padded(value)
-    mask = None
-    if sliding_window and pack.width > sliding_window:
-        i = torch.arange(pack.width, device=q.device)
-        mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < sliding_window)
-    # grouped-query attention (each key/value head serving heads // kv_heads queries) inside SDPA
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                         dropout_p=dropout if module.training else 0.0, scale=scaling,
-                                         enable_gqa=kv_heads != heads)
-    out = pack.unpad(out.transpose(1, 2))  # [T, H, D]
+    outs = []
+    for q, k, v in zip(padded(query), padded(key), padded(value), strict=True):
+        width = q.shape[2]
+        mask = None
+        if sliding_window and width > sliding_window:
+            i = torch.arange(width, device=q.device)
+            mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < sliding_window)
+        # grouped-query attention (each key/value head serving heads // kv_heads queries) inside SDPA
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                             dropout_p=dropout if module.training else 0.0, scale=scaling,
+                                             enable_gqa=kv_heads != heads)
+        outs.append(out.transpose(1, 2))  # [n_g, W_g, H, D]
+    out = pack.unpad_groups(outs)  # [T, H, D]
     return out.reshape(1, -1, heads, dim), None
 
 
