@@ -7,14 +7,14 @@ BIN := $(VENV)/bin
 # torch 2.13.0 installs the CPU build on machines like ours; a plain `torch` pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-vllm demo demo-plumbing test test-fast lint clean
+.PHONY: install install-vllm demo demo-plumbing test test-deps test-fast lint clean
 .PHONY: image-cpu image-gpu kind-e2e minikube-e2e
 
 $(BIN)/seal: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install -e ".[test,real]"
 	touch $@
 
 install: $(BIN)/seal  ## create .venv and install seal with its test tools
@@ -42,8 +42,14 @@ demo: install  ## the world demo: warm start, 2 ReSTEM rounds, then the held-out
 demo-plumbing: install  ## the quick plumbing demo: 2 rounds on a random tiny model (a minute; rewards ~0)
 	$(BIN)/seal run configs/demo-cpu.yaml --plot .seal/demo-cpu-rewards.png
 
-test: install  ## the whole test suite: tests/unit, tests/integration (tiny models, real S3, Prometheus, vLLM), tests/deploy
+test: install test-deps  ## the whole test suite: tests/unit, tests/integration (tiny models, real S3, Prometheus, vLLM), tests/deploy
 	$(BIN)/pytest -q
+
+# Programs the tests start that no Python registry ships (Debian's prometheus and
+# prometheus-pushgateway): apt-get installs them when missing, as root or with password-less sudo;
+# otherwise one line says what to install.
+test-deps:  ## install what the tests start besides Python packages (Prometheus, Pushgateway) when missing
+	@bash tests/install_test_deps.sh
 
 test-fast: install  ## unit tests only (tests/unit: no servers, no training; seconds)
 	$(BIN)/pytest -q tests/unit

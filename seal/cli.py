@@ -21,9 +21,11 @@ from typing import Any
 from seal import metrics
 from seal.cluster import submit
 from seal.cluster.status import run_status
+from seal.cluster.workflow import fanout_groups
 from seal.config import describe_fields, load_config
-from seal.errors import ConfigError, SealError, TransientError
+from seal.errors import EXIT_TRANSIENT, EXIT_USAGE, ConfigError, DataError, SealError, TransientError
 from seal.evaluation import arc as arc_eval
+from seal.evaluation import knowledge as knowledge_eval
 from seal.evaluation import world as world_eval
 from seal.models.tiny import build_tiny_model
 from seal.report import plot_rewards, round_table
@@ -34,7 +36,8 @@ from seal.stages.plan import plan_round, shard_indices
 from seal.stages.runs import init_run, load_run, run_config, summaries
 from seal.stages.runtime import Runtime
 from seal.stages.sample import sample_shard
-from seal.store import open_store
+from seal.stages.verify import verify_run
+from seal.store import TRANSIENT_ERRNOS, open_store
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -48,6 +51,13 @@ def _stage_args(p: argparse.ArgumentParser, shard: bool = False) -> None:
     if shard:
         p.add_argument("--shard", type=shard_range, required=True,
                        help="shard number from 0, or a range A-B of shards run one after another (one Argo pod)")
+    _redo_arg(p)
+
+
+def _redo_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redo", action="store_true",
+                   help="rewrite the output even if it exists (what `seal verify` prints for a damaged "
+                   "object of a finished round; an unfinished round redoes damaged outputs by itself)")
 
 
 def shard_range(text: str) -> list[int]:
@@ -102,10 +112,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run URI whose latest policy gives the SEAL row (omit: no SEAL row)")
     p.add_argument("--oracle", help="a fixed self-edit JSON object, or @FILE holding one (omit: no oracle row)")
     p.add_argument("--edits", type=int, default=None,
-                   help="self-edits sampled per context for the policy rows (default: edits_per_context)")
+                   help="self-edits sampled per context (task) for the policy rows (default: 5, the paper's)")
     p.add_argument("--rows", default="policy,untrained,icl,oracle",
                    help="comma-separated rows to compute (default: all that apply)")
     p.add_argument("--out", help="also write every row, with per-edit details, to this JSON file")
+
+    p = sub.add_parser("eval-knowledge", help="the paper's knowledge table: base, passage only, passage + "
+                       "self-edits from files, policies or a teacher, with 95%% CIs")
+    p.add_argument("config", nargs="?",
+                   help="YAML run config with task.name: knowledge (model, inner loop, grading); omit to go "
+                   "on with the evaluation already planned at --out")
+    _config_args(p)
+    p.add_argument("--out", required=True, help="the evaluation's folder: a local path, file:// or s3:// URI")
+    p.add_argument("--passages", help="evaluation passages, SQuAD or paper-edits form (default: the first "
+                   "--edits-file, else task.data)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N passages")
+    p.add_argument("--edits-file", dest="edit_files", action="append", default=[], metavar="FILE",
+                   help="self-edits in the paper-edits form (e.g. paper-edits/gpt4_1_val.json); one row each "
+                   "(repeat it, or separate files with commas)")
+    p.add_argument("--policy", action="append", default=[], metavar="base|RUN@R",
+                   help="sample self-edits now from the base model ('base') or round R's policy of a run "
+                   "(repeat it, or separate them with commas)")
+    p.add_argument("--teacher", help="OpenAI-compatible base URL whose chat model writes self-edits")
+    p.add_argument("--teacher-model", help="with --teacher: the model name (e.g. gpt-4.1)")
+    p.add_argument("--edits", type=int, default=5, help="self-edits per passage (default 5)")
+    p.add_argument("--fits", type=int, default=None, help="LoRA fits per self-edit (default: inner.fits)")
+    p.add_argument("--shard-size", type=int, default=4, help="passages per shard of a row (default 4)")
+    p.add_argument("--plan-only", action="store_true", help="plan only (with --out-dir: write shards.json)")
+    p.add_argument("--out-dir", help="with --plan-only: write shards.json, the list Argo fans out over")
+    p.add_argument("--max-pods", type=int, default=None, help="with --out-dir: at most this many shard pods")
+    p.add_argument("--shard", type=shard_range, help="run only these shards (A or A-B), then stop")
+    p.add_argument("--join", action="store_true", help="only write the table from finished shards")
+    p.add_argument("--plot", help="also write the plot to this local PNG (it is always in --out)")
 
     p = sub.add_parser("init", help="write run.json for a run (once)")
     p.add_argument("--run", required=True, help="run URI: <store>/<run_id>")
@@ -125,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="with --dry-run: a YAML run config instead of a run")
     _config_args(p)
     p.add_argument("--workflow", help="with --dry-run: the workflow file (default: workflows/restem.yaml)")
+    p.add_argument("--gpu", help="with --dry-run: also a GPU pod's memory plan on this GPU type (h100-80gb, "
+                   "a100-40gb, h200-141gb, ... or a size in GiB) and the GPU types the config fits")
+    p.add_argument("--row-tokens", type=int, default=None,
+                   help="with --gpu: the longest training row in tokens (default: model.max_length)")
+    _redo_arg(p)
 
     p = sub.add_parser("sample", help="sample self-edits for one shard of contexts")
     _stage_args(p, shard=True)
@@ -143,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML run config (its store must be s3://)")
     _config_args(p)
     p.add_argument("-p", "--parameter", dest="parameters", action="append", default=[], metavar="NAME=VALUE",
-                   help="a workflow parameter, e.g. -p image=ghcr.io/you/seal:0.1.0 -p adapt-gpus=2")
+                   help="a workflow parameter, e.g. -p image=ghcr.io/you/seal:0.1.0 -p max-pods-per-stage=16")
     p.add_argument("--argo-server", default=os.environ.get("ARGO_SERVER"),
                    help="Argo Server URL (default: $ARGO_SERVER; token from $ARGO_TOKEN); "
                    "without one, the Workflow is created through the Kubernetes API (kubeconfig or in-cluster)")
@@ -153,8 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print", dest="print_only", action="store_true",
                    help="print the filled-in, checked Workflow as YAML instead of submitting it "
                    "(for `argo submit FILE` or `kubectl create -f -`)")
+    p.add_argument("--model-cache-claim", metavar="PVC",
+                   help="mount this PersistentVolumeClaim at /cache (model weights) in every pod instead of "
+                   "an emptyDir each, so the base model is downloaded once (workflows/model-cache.yaml makes one)")
 
     p = sub.add_parser("status", help="a run's progress per round, read from the store alone")
+    p.add_argument("run", help="run URI: <store>/<run_id>")
+
+    p = sub.add_parser("verify", help="check every object of a run (hashes, schemas, rows against the plan); "
+                       "name each damaged one and the command that redoes it (exit 65 if any)")
     p.add_argument("run", help="run URI: <store>/<run_id>")
     return parser
 
@@ -241,12 +291,59 @@ def cmd_eval_arc(args: argparse.Namespace) -> int:
                 oracle = f.read()
         except OSError as e:
             raise ConfigError(f"--oracle {oracle}: cannot read it ({e.strerror})") from None
-    results = arc_eval.evaluate(cfg, args.run, oracle, args.edits or cfg.edits_per_context, rows)
+    results = arc_eval.evaluate(cfg, args.run, oracle, args.edits or arc_eval.PAPER_EDITS, rows)
     print(arc_eval.table(results))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
         print(f"details: {args.out}")
+    return 0
+
+
+def cmd_eval_knowledge(args: argparse.Namespace) -> int:
+    if (args.teacher is None) != (args.teacher_model is None):
+        raise ConfigError("--teacher URL and --teacher-model NAME go together")
+    plan_args = None
+    # Repeated, or comma-separated in one value (what workflows/eval-knowledge.yaml passes).
+    files = [f.strip() for v in args.edit_files for f in v.split(",") if f.strip()]
+    policies = [p.strip() for v in args.policy for p in v.split(",") if p.strip()]
+    # A config, an override or a row asks for a plan (a default config is the CPU demo's); bare
+    # `--out URI` goes on with the evaluation planned there (what the workflow's pods run).
+    if args.config or args.overrides or files or policies or args.teacher or args.passages:
+        if args.config and args.config.lstrip().startswith("{"):
+            cfg = submit.inline_config(args.config, args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)
+        plan_args = dict(passages=args.passages or (files[0] if files else cfg.task.data),
+                         limit=args.limit, edit_files=files, policies=policies,
+                         teacher=(args.teacher, args.teacher_model) if args.teacher else None,
+                         edits=args.edits, fits=args.fits or cfg.inner.fits, shard_size=args.shard_size)
+    out = open_store(args.out)
+    if plan_args is not None:
+        knowledge_eval.plan(out, cfg, **plan_args)
+    if args.plan_only or args.join:
+        spec, _, _ = knowledge_eval.read_spec(out)
+        if args.plan_only:
+            if args.max_pods is not None and args.max_pods < 1:
+                raise ConfigError(f"--max-pods {args.max_pods}: must be at least 1")
+            items = fanout_groups(len(spec["shards"]), args.max_pods)
+            if args.out_dir:
+                os.makedirs(args.out_dir, exist_ok=True)
+                with open(os.path.join(args.out_dir, "shards.json"), "w") as f:
+                    f.write(json.dumps(items, separators=(",", ":")))
+            print(json.dumps({"shards": len(spec["shards"]), "pods": items}))
+            return 0
+        table = knowledge_eval.join(out)
+    else:
+        table = knowledge_eval.evaluate(args.out, None, args.shard)
+        if table is None:
+            print(f"{args.out}: shards {args.shard[0]}-{args.shard[-1]} done; others remain" if args.shard
+                  else f"{args.out}: shards remain")
+            return 0
+    print(knowledge_eval.table_text(table))
+    print(f"results: {out.uri}/table.json (per question: {out.uri}/results/)")
+    if args.plot:
+        print(f"plot: {knowledge_eval.plot(table, args.plot)}")
     return 0
 
 
@@ -273,11 +370,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 raise ConfigError("--set goes with --config; a run's config is fixed in its run.json")
             _, cfg = run_config(args.run, "check the run URI, or pass --config FILE")
             source = args.run
-        print(submit.dry_run(cfg, source, args.workflow, args.max_pods))
+        print(submit.dry_run(cfg, source, args.workflow, args.max_pods, args.gpu, args.row_tokens))
         return 0
     if args.run is None or args.round is None:
         raise ConfigError("seal plan needs --run URI and --round R (or --dry-run with --config FILE)")
-    plan = plan_round(_runtime(args.run), args.round)
+    plan = plan_round(_runtime(args.run), args.round, redo=args.redo)
     text = json.dumps(shard_indices(plan))
     if args.out:
         with open(args.out, "w") as f:
@@ -291,19 +388,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     rt = _runtime(args.run)
     for shard in args.shard:
-        sample_shard(rt, args.round, shard)
+        sample_shard(rt, args.round, shard, redo=args.redo)
     return 0
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     rt = _runtime(args.run)
     for shard in args.shard:
-        adapt_shard(rt, args.round, shard)
+        adapt_shard(rt, args.round, shard, redo=args.redo)
     return 0
 
 
 def cmd_improve(args: argparse.Namespace) -> int:
-    print(json.dumps(improve_round(_runtime(args.run), args.round), sort_keys=True))
+    print(json.dumps(improve_round(_runtime(args.run), args.round, redo=args.redo), sort_keys=True))
     return 0
 
 
@@ -316,7 +413,8 @@ def cmd_finish(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    out = submit.submit(cfg, args.workflow, args.parameters, args.argo_server, args.namespace, args.print_only)
+    out = submit.submit(cfg, args.workflow, args.parameters, args.argo_server, args.namespace, args.print_only,
+                        args.model_cache_claim)
     print(out, end="" if args.print_only else "\n")
     return 0
 
@@ -326,11 +424,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    report = verify_run(args.run)
+    print(report.text())
+    if report.problems:
+        raise DataError(f"{len(report.problems)} damaged object(s) in {args.run}, listed above with "
+                        "the command that redoes each")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "report": cmd_report, "tiny-model": cmd_tiny_model, "world-report": cmd_world_report,
-    "config-help": cmd_config_help, "eval-arc": cmd_eval_arc, "init": cmd_init, "plan": cmd_plan,
+    "config-help": cmd_config_help, "eval-arc": cmd_eval_arc, "eval-knowledge": cmd_eval_knowledge,
+    "init": cmd_init, "plan": cmd_plan,
     "sample": cmd_sample, "adapt": cmd_adapt, "improve": cmd_improve, "finish": cmd_finish,
-    "submit": cmd_submit, "status": cmd_status,
+    "submit": cmd_submit, "status": cmd_status, "verify": cmd_verify,
 }
 
 
@@ -349,14 +457,33 @@ def main(argv: list[str] | None = None) -> int:
         _metrics_out(args)
         return COMMANDS[args.command](args)
     except SealError as e:
-        print(f"seal: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(f"seal: error: {_one_line(e)}", e.exit_code, argv is None)
+    except OSError as e:  # a local file outside the store (--out, --plot, a model folder)
+        where = e.filename or "a local file"
+        return _fail(f"seal: error: cannot access {where}: {e.strerror or e}",
+                     EXIT_TRANSIENT if e.errno in TRANSIENT_ERRNOS else EXIT_USAGE, argv is None)
     except KeyboardInterrupt:
         print("seal: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(line: str, code: int, process_ends: bool) -> int:
+    """Print the one error line. When the process ends with it, mute logging: libraries' atexit
+    handlers (torch, vLLM engine shutdown) would otherwise log after it, and the error line is
+    what Argo and users read last."""
+    print(line, file=sys.stderr, flush=True)
+    if process_ends:
+        logging.disable(logging.CRITICAL)
+    return code
+
+
+def _one_line(e: Exception) -> str:
+    """Messages quote inputs (keys, values, server replies): keep them on one bounded line."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= 2000 else text[:2000] + "..."
 
 
 def _exit_75_on_sigterm() -> Any:

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from seal.cluster import gpu_memory
 from seal.cluster.workflow import (
     ETCD_LIMIT,
     dry_run_report,
@@ -26,6 +27,7 @@ from seal.cluster.workflow import (
     reference_errors,
     run_parameters,
     schema_errors,
+    with_model_cache_claim,
     with_parameters,
 )
 from seal.config import RunConfig, apply_overrides, from_dict
@@ -44,6 +46,8 @@ def inline_config(text: str, overrides: list[str]) -> RunConfig:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"--config: inline JSON config is not valid JSON ({e.msg} at character {e.pos})") from None
+    except (RecursionError, ValueError):  # nested too deeply, a number over 4300 digits
+        raise ConfigError("--config: inline JSON config is nested too deeply or holds a bad number") from None
     if not isinstance(data, dict):
         raise ConfigError("--config: an inline JSON config must be an object of keys to values")
     return from_dict(apply_overrides(data, overrides))
@@ -84,10 +88,14 @@ def finish(run_uri: str, argo_status: str) -> str:
 # --- seal plan --dry-run
 
 
-def dry_run(cfg: RunConfig, source: str, workflow: str | None, max_pods: int | None) -> str:
-    """`seal plan --dry-run`: pods per stage and the workflow object's estimated size, as text."""
+def dry_run(cfg: RunConfig, source: str, workflow: str | None, max_pods: int | None, gpu: str | None = None,
+            row_tokens: int | None = None) -> str:
+    """`seal plan --dry-run`: pods per stage and the workflow object's estimated size, and with
+    `gpu` a GPU pod's memory on that GPU type and the types the config fits, as text."""
     doc = load_workflow(workflow)
     text, _ = dry_run_report(cfg, doc, source, max_pods if max_pods is not None else max_pods_default(doc))
+    if gpu:
+        text += "\n" + gpu_memory.report(cfg, gpu, row_tokens)
     return text
 
 
@@ -104,11 +112,13 @@ def parse_parameters(items: list[str]) -> dict[str, str]:
     return out
 
 
-def build_workflow(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str]) -> dict[str, Any]:
-    """restem.yaml with this run's parameters, checked the way the cluster would check it, and
-    refused when its final size could pass etcd's limit."""
+def build_workflow(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str],
+                   model_cache_claim: str | None = None) -> dict[str, Any]:
+    """restem.yaml (or another workflow taking a config, e.g. eval-knowledge.yaml) with this run's
+    parameters (and /cache on a claim, if given), checked the way the cluster would check it, and
+    for restem.yaml refused when its final size could pass etcd's limit."""
     params = run_parameters(cfg, doc, extra)
-    wf = with_parameters(doc, params)
+    wf = with_parameters(with_model_cache_claim(doc, model_cache_claim) if model_cache_claim else doc, params)
     values = {p["name"]: p.get("value") for p in wf["spec"]["arguments"]["parameters"]}
     for t in wf["spec"]["templates"]:
         if "podSpecPatch" in t:
@@ -123,6 +133,10 @@ def build_workflow(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str]) -
     problems = schema_errors(wf) + reference_errors(wf)
     if problems:
         raise ConfigError(f"the workflow file does not validate: {problems[0]}")
+    if "max-pods-per-stage" not in values:
+        # Not restem.yaml's rounds (workflows/eval-knowledge.yaml: its max-pods caps its one fan-out),
+        # so restem's size estimate does not apply.
+        return wf
     max_pods = int(params.get("max-pods-per-stage") or max_pods_default(doc) or 0) or None
     size = estimate_size(cfg, doc, max_pods)["total"]
     if size > ETCD_LIMIT:
@@ -132,10 +146,10 @@ def build_workflow(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str]) -
 
 
 def submit(cfg: RunConfig, workflow: str | None, parameters: list[str], argo_server: str | None,
-           namespace: str, print_only: bool = False) -> str:
+           namespace: str, print_only: bool = False, model_cache_claim: str | None = None) -> str:
     """Fill the workflow for `cfg` and create it (Argo Server when a URL is given, else the
     Kubernetes API); returns the workflow's name, or with `print_only` the filled-in YAML."""
-    wf = build_workflow(cfg, load_workflow(workflow), parse_parameters(parameters))
+    wf = build_workflow(cfg, load_workflow(workflow), parse_parameters(parameters), model_cache_claim)
     if print_only:
         import yaml
 

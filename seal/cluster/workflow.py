@@ -99,11 +99,31 @@ def run_parameters(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str] | 
             raise ConfigError(f"-p {name}: not a parameter of the workflow; it has {', '.join(declared)}")
         if name in params and value != params[name]:
             raise ConfigError(f"-p {name}: comes from the config; change it there or with --set")
+        if name.endswith("-gpus") and value not in ("0", "1"):
+            # Every stage is one process on one device; a second GPU would be held and left idle.
+            raise ConfigError(f"-p {name}={value}: seal runs each pod on one GPU (no tensor parallelism): "
+                              "use 1, or 0 for CPU nodes")
         params[name] = value
     for name, value in declared.items():
         if value is None and name not in params:
             raise ConfigError(f"workflow parameter {name} has no value: pass -p {name}=VALUE")
     return params
+
+
+def with_model_cache_claim(doc: dict[str, Any], claim: str) -> dict[str, Any]:
+    """A copy of the workflow whose /cache volume is this PersistentVolumeClaim instead of an
+    emptyDir, so every pod finds the base model another one downloaded (what the chart's
+    modelCache does). A volume's type cannot come from a parameter, hence an edit."""
+    out = json.loads(json.dumps(doc))
+    volumes = out["spec"].get("volumes", [])
+    cache = [v for v in volumes if v["name"] == "seal-cache"]
+    if not cache:
+        raise ConfigError("--model-cache-claim: the workflow has no seal-cache volume to replace")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", claim):
+        raise ConfigError(f"--model-cache-claim {claim!r}: not a Kubernetes object name (lower case, digits, - and .)")
+    cache[0].clear()
+    cache[0].update({"name": "seal-cache", "persistentVolumeClaim": {"claimName": claim}})
+    return out
 
 
 def with_parameters(doc: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:

@@ -40,7 +40,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seal.config import LoraConfig
-from seal.inner.train import IGNORE, Example, attach_lora, collate, encode, peft_config, schedule
+from seal.inner.train import (
+    IGNORE,
+    Example,
+    attach_lora,
+    collate,
+    encode,
+    labelled_logits,
+    lr_factor,
+    peft_config,
+    schedule,
+)
 from seal.seeds import seed_everything
 
 log = logging.getLogger(__name__)
@@ -516,22 +526,29 @@ def load_peft(adapter_dir: str) -> tuple[dict[str, tuple[Any, Any]], float]:
 
 
 def bytes_per_adapter(model: Any, lora: LoraConfig, tokens: int) -> int:
-    """Rough peak memory one more adapter in the batch costs: its LoRA weights, gradients and two
-    AdamW moments (4 fp32 copies), plus the activations its rows keep for backward and its logits.
-
-    Activations per token and layer are about 20 hidden-size vectors (attention and MLP inputs,
-    norms, residuals; the MLP's are 4 intermediate-size ones) in the model's dtype; the logits and
-    their gradient are 2 fp32 vocab-size vectors per token. An estimate, not a bound: set
-    `inner.memory_budget_mb` with some headroom.
-    """
+    """Rough peak memory one more adapter in the batch costs (adapter_bytes) for this model."""
     conf = model.config
     p = next(model.parameters())
     names = target_names(model, lora.target_modules)
     lora_params = sum(lora.rank * (m.in_features + m.out_features)
                       for m in (model.get_submodule(n) for n in names))
-    per_token = conf.num_hidden_layers * (20 * conf.hidden_size + 4 * conf.intermediate_size) * p.element_size()
-    per_token += 2 * 4 * conf.vocab_size
-    return 16 * lora_params + lora.batch_size * tokens * per_token
+    return adapter_bytes(lora_params, conf.num_hidden_layers, conf.hidden_size, conf.intermediate_size,
+                         conf.vocab_size, p.element_size(), lora.batch_size, tokens)
+
+
+def adapter_bytes(lora_params: int, layers: int, hidden: int, intermediate: int, vocab: int, elem: int,
+                  batch_size: int, tokens: int) -> int:
+    """Rough peak memory one more adapter in the batch costs: its LoRA weights, gradients and two
+    AdamW moments (4 fp32 copies), plus the activations its rows keep for backward and its logits.
+    (Also what `seal plan --dry-run --gpu` prices, from config figures alone.)
+
+    Activations per token and layer are about 20 hidden-size vectors (attention and MLP inputs,
+    norms, residuals; the MLP's are 4 intermediate-size ones) in the model's dtype (`elem` bytes);
+    the logits and their gradient are 2 fp32 vocab-size vectors per token. An estimate, not a
+    bound: set `inner.memory_budget_mb` with some headroom.
+    """
+    per_token = layers * (20 * hidden + 4 * intermediate) * elem + 2 * 4 * vocab
+    return 16 * lora_params + batch_size * tokens * per_token
 
 
 # inner.memory_budget_mb=0: this share of the memory free when the fits start. The rest covers the
@@ -634,11 +651,13 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int, 
             else:
                 batch = {k: v.to(device) for k, v in collate(batch_rows, tokenizer.pad_token_id).items()}
                 padded += batch["input_ids"].numel()
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                losses = _per_adapter_loss(logits, batch["labels"], owner_t, n)
+                logits, targets, at = labelled_logits(model, batch["input_ids"], batch["attention_mask"],
+                                                      batch["labels"])
+                losses = _per_adapter_loss(logits, targets, owner_t[at], n)
             opt.zero_grad()
             losses[active].sum().backward()
-            opt.step(active)
+            # pos[i] - 1 is the step adapter i just took: its lr share under its own schedule.
+            opt.step(active, [lr_factor(pos[i] - 1, len(plans[i]), jobs[i].lora.lr_schedule) for i in active])
             # Losses stay on the device until the end: no host sync per pass.
             act = torch.tensor(active, device=device)
             done = losses.detach()[act]
@@ -692,37 +711,40 @@ def pick_adapters(pending: dict[int, list[tuple[list[int], list[int]]]], overhea
 def _packed_losses(model: Any, multi: MultiLora, rows: list[tuple[list[int], list[int]]], owner: list[int],
                    n: int, device: Any) -> Any:
     """[n] losses of one packed pass (see _per_adapter_loss): rows end to end as one row, labels
-    shifted within each row, each token's loss summed into its row's adapter."""
+    shifted within each row, and (as train.labelled_logits does) the LM head run only at the
+    positions whose shifted label counts; each one's loss summed into its row's adapter."""
     import torch
-    import torch.nn.functional as F
 
     lengths = [len(ids) for ids, _ in rows]
     pack = Packing(lengths, device)
     ids = torch.tensor([t for r, _ in rows for t in r], device=device).unsqueeze(0)
     shifted = torch.tensor([t for _, lab in rows for t in lab[1:] + [IGNORE]], device=device)
+    keep = shifted != IGNORE
     tok_owner = torch.tensor([i for i, ln in zip(owner, lengths, strict=True) for _ in range(ln)], device=device)
+
+    def only_labelled(module: Any, args: tuple) -> tuple:
+        return (args[0][:, keep], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(only_labelled)
     multi.router.pack = pack
     _ACTIVE_PACKING.append(pack)
     try:
         logits = model(input_ids=ids, position_ids=pack.position_ids).logits.squeeze(0)  # a view: no copy back
     finally:
         _ACTIVE_PACKING.pop()
-    tok = F.cross_entropy(logits.float(), shifted, ignore_index=IGNORE, reduction="none")
-    sums = torch.zeros(n, device=device).index_add(0, tok_owner, tok)
-    counts = torch.zeros(n, device=device).index_add(0, tok_owner, (shifted != IGNORE).float())
-    return sums / counts.clamp(min=1)
+        handle.remove()
+    return _per_adapter_loss(logits, shifted[keep], tok_owner[keep], n)
 
 
-def _per_adapter_loss(logits: Any, labels: Any, owner: Any, n: int) -> Any:
-    """[n] losses: each adapter's token-mean cross-entropy over its own rows (HF's causal LM loss:
-    labels shifted left by one, IGNORE skipped, logits upcast to fp32)."""
+def _per_adapter_loss(logits: Any, targets: Any, owner: Any, n: int) -> Any:
+    """[n] losses: each adapter's token-mean cross-entropy over its own labelled positions
+    (train.labelled_logits: logits [K, vocab], targets [K], owner [K]; logits upcast to fp32)."""
     import torch
     import torch.nn.functional as F
 
-    shift = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
-    tok = F.cross_entropy(logits.float().transpose(1, 2), shift, ignore_index=IGNORE, reduction="none")
-    sums = torch.zeros(n, device=logits.device).index_add(0, owner, tok.sum(1))
-    counts = torch.zeros(n, device=logits.device).index_add(0, owner, (shift != IGNORE).sum(1).float())
+    tok = F.cross_entropy(logits.float(), targets, reduction="none")
+    sums = torch.zeros(n, device=logits.device).index_add(0, owner, tok)
+    counts = torch.zeros(n, device=logits.device).index_add(0, owner, torch.ones_like(tok))
     return sums / counts.clamp(min=1)
 
 
@@ -755,6 +777,9 @@ class _StackedAdamW:
             p.grad = None
 
     def step(self, active: list[int], lr_scale: float | list[float] | None = None) -> None:
+        """One AdamW step of the active adapters; lr_scale: each one's share of its lr this step
+        (train.lr_factor; one float for all, or one per active adapter), as a scheduler would set
+        it on torch's AdamW."""
         import torch
 
         params = [p for p in self.params if p.grad is not None]

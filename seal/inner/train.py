@@ -8,6 +8,7 @@ Padding never enters the loss (the reference implementation let it in: a bug not
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +28,24 @@ class Example:
     prompt: str = ""
 
 
+def leading_specials(tokenizer: Any) -> list[int]:
+    """[bos] when the tokenizer starts every text it encodes with BOS (Gemma, Llama), else []: the
+    trained rows then begin as the prompts generation feeds the model do (Gemma without its BOS
+    answers badly). Tokenizers that add none (Qwen, seal's tiny ones) are unchanged."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer("")["input_ids"][:1] == [bos] else []
+
+
 def encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels (prompt tokens masked), with EOS so the model learns to stop."""
-    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"] if example.prompt else []
+    """Token ids and labels (prompt tokens masked), with EOS so the model learns to stop.
+
+    A row starts as the generation backends start a prompt, with the tokenizer's leading special
+    tokens (Gemma's and Llama 3's BOS), so a model trains on the token sequences it is later
+    prompted with; the continuation gets none.
+    """
+    prompt_ids = leading_specials(tokenizer)
+    if example.prompt:
+        prompt_ids = prompt_ids + tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
     text_ids = tokenizer(example.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (prompt_ids + text_ids)[:max_length]
     labels = ([IGNORE] * len(prompt_ids) + text_ids)[:max_length]
@@ -49,6 +65,43 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, A
         labels[i, : len(y)] = torch.tensor(y)
         mask[i, : len(x)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def labelled_logits(model: Any, input_ids: Any, attention_mask: Any, labels: Any) -> tuple[Any, Any, Any]:
+    """The model's next-token logits at the positions whose shifted label counts, only there:
+    (logits [K, vocab], their targets [K], the batch row of each [K]).
+
+    With a 262k vocabulary (Gemma 3) the LM head is most of a small model's compute and its
+    logits most of its memory: 1 MB per position in fp32. Prompts (masked in SFT) and padding
+    need none, so a pre-hook hands the head only the labelled positions' hidden states; whatever
+    the model does to the head's output (Gemma's soft-capping) still applies, element by element.
+    The loss is then HF's causal LM loss exactly (labels shifted left by one, IGNORE skipped).
+    """
+    import torch.nn.functional as F
+
+    shift = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
+    keep = shift != IGNORE
+
+    def only_labelled(module: Any, args: tuple) -> tuple:
+        hidden = args[0]
+        if hidden.shape[:2] != keep.shape:
+            raise RuntimeError(f"LM head input {tuple(hidden.shape)} does not match the batch {tuple(keep.shape)}")
+        return (hidden[keep], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(only_labelled)
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    finally:
+        handle.remove()
+    return logits, shift[keep], keep.nonzero()[:, 0]
+
+
+def causal_lm_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Token-mean cross-entropy over the batch's labelled positions (HF's `model(**batch).loss`)."""
+    import torch.nn.functional as F
+
+    logits, targets, _ = labelled_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return F.cross_entropy(logits.float(), targets)
 
 
 def peft_config(lora: LoraConfig) -> Any:
@@ -88,9 +141,25 @@ def schedule(n_rows: int, lora: LoraConfig, seed: int) -> list[list[int]]:
     return steps
 
 
+def lr_factor(step: int, total: int, kind: str) -> float:
+    """The share of `lr` that optimiser step `step` (from 0) of `total` uses. 'linear' is Hugging
+    Face's linear schedule without warm-up, which the paper's Trainer runs: (total - step) / total,
+    so the first step uses lr and the last lr / total. 'cosine' is Hugging Face's cosine schedule
+    without warm-up (half a cosine from lr to 0), which the paper's ARC test-time training runs.
+    Both trainers call this: the sequential one sets its AdamW's lr, the batched one scales each
+    adapter's lr in its stacked step."""
+    if kind == "constant" or total <= 0:
+        return 1.0
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return max(0.0, (total - step) / total)
+
+
 def train(peft_model: Any, tokenizer: Any, examples: list[Example], lora: LoraConfig, seed: int,
-          max_length: int) -> dict[str, float]:
-    """Run `lora.epochs` passes of AdamW over the examples in a seeded order; returns loss stats."""
+          max_length: int, accumulate: int = 1) -> dict[str, float]:
+    """Run `lora.epochs` passes of AdamW over the examples in a seeded order; returns loss stats.
+    With `accumulate` > 1, that many consecutive batches add their gradients (each loss divided by
+    the count) before one optimiser step; the lr schedule counts optimiser steps."""
     import torch
 
     device = next(peft_model.parameters()).device
@@ -100,15 +169,25 @@ def train(peft_model: Any, tokenizer: Any, examples: list[Example], lora: LoraCo
     opt = torch.optim.AdamW(params, lr=lora.lr, weight_decay=lora.weight_decay)
     peft_model.train()
     first = last = float("nan")
+    batches = schedule(len(rows), lora, seed)
+    # Accumulation restarts every epoch, as in Hugging Face's Trainer: an epoch's last group may be short.
+    per_epoch = -(-len(rows) // lora.batch_size)
+    epochs = [batches[i: i + per_epoch] for i in range(0, len(batches), per_epoch)] if per_epoch else []
+    groups = [ep[i: i + accumulate] for ep in epochs for i in range(0, len(ep), accumulate)]
     steps = 0
-    for batch_rows in schedule(len(rows), lora, seed):
-        batch = collate([rows[i] for i in batch_rows], tokenizer.pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss = peft_model(**batch).loss
+    for step, group in enumerate(groups):
+        for g in opt.param_groups:
+            g["lr"] = lora.lr * lr_factor(step, len(groups), lora.lr_schedule)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses = []
+        for batch_rows in group:
+            batch = collate([rows[i] for i in batch_rows], tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = causal_lm_loss(peft_model, batch)
+            (loss / len(group) if len(group) > 1 else loss).backward()
+            losses.append(float(loss.detach()))
         opt.step()
-        last = float(loss.detach())
+        last = sum(losses) / len(losses)
         if steps == 0:
             first = last
         steps += 1

@@ -36,7 +36,7 @@ from seal.models.cache import cache_dir, publish
 from seal.models.tiny import build_tiny_model
 from seal.seeds import seed_everything
 from seal.tasks import world
-from seal.tasks.knowledge import PROMPTS, edit_prompt, question_prompt, training_texts
+from seal.tasks.knowledge import SEAL_PROMPTS, question_prompt, training_texts
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def parse_model_spec(spec: str) -> WarmStartSpec:
     fields = WarmStartSpec.__dataclass_fields__
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
-        if key == "prompt" and value in PROMPTS:
+        if key == "prompt" and value in SEAL_PROMPTS:
             out[key] = value
         elif key in fields and key != "prompt" and value.isdigit():
             out[key] = int(value)
@@ -94,7 +94,8 @@ def example_stream(records: list[dict[str, Any]], prompt: str, rng: random.Rando
         if kind < 0.5:  # the policy: prompt -> an edit of a uniformly drawn style
             fresh = world.scratch_record(spec, rng)
             style = rng.choice(world.STYLES)
-            yield Example(text=world.write_edit(fresh, style, rng), prompt=edit_prompt(fresh, prompt))
+            prompt_text = SEAL_PROMPTS[prompt].format(title=fresh["title"], context=fresh["context"])
+            yield Example(text=world.write_edit(fresh, style, rng), prompt=prompt_text)
         elif kind < 0.7:  # reading: a question answered from a passage in view (throwaway entity)
             fresh = world.scratch_record(spec, rng)
             q = rng.choice(fresh["questions"])
@@ -106,7 +107,7 @@ def example_stream(records: list[dict[str, Any]], prompt: str, rng: random.Rando
             yield Example(text=f"{name}\n{passage}\n{passage}")
         elif kind < 0.9:  # a question in the probe format, with its answer
             q = rng.choice(rec["questions"])
-            yield Example(text=q["answer"], prompt=question_prompt(name, q["question"]))
+            yield Example(text=q["answer"], prompt=question_prompt(name, q["question"], "topic"))
         else:  # self-edit lines as the inner loop sees them (a question with its answer: one item)
             style = rng.choice(world.STYLES)
             items = training_texts(rec, world.write_edit(rec, style, rng), with_passage=False, qa_pairs=True)
@@ -123,7 +124,7 @@ def tokenizer_corpus(records: list[dict[str, Any]]) -> list[str]:
     """Warm-start text only (never the train or held-out splits), plus seal's prompt templates."""
     rng = random.Random(0)
     # The prompts are repeated so their words become whole tokens: shorter sequences, faster steps.
-    texts = list(PROMPTS.values()) * 50 + ["Topic: "] * 50
+    texts = list(SEAL_PROMPTS.values()) * 50 + ["Topic: "] * 50
     for rec in records:
         texts.append(rec["context"])
         texts += [q["question"] + "\n" + q["answer"] for q in rec["questions"]]

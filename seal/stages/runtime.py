@@ -12,7 +12,7 @@ from seal.config import RunConfig
 from seal.generation.backend import make_generator
 from seal.generation.vllm_backend import local_dir
 from seal.models.loading import choose_placement, load_model, load_tokenizer
-from seal.stages.runs import policy_has_adapter, policy_key
+from seal.stages.runs import fetch_policy, policy_has_adapter
 from seal.store import Store
 from seal.tasks import get_task
 from seal.tasks.base import Task
@@ -32,10 +32,18 @@ class Runtime:
         self._model_round: int | None = None
         self._adapter_dirs: dict[int, str] = {}  # round -> its policy adapter, fetched for vLLM
 
+    def context_count(self) -> int:
+        """How many contexts the task has, without loading the tokenizer (the plan needs no more)."""
+        return len(self._records) if self._records is not None else len(self.task.load_contexts(self.cfg.task))
+
     @property
     def records(self) -> list[dict[str, Any]]:
+        """The task's contexts; a task with `bind_tokenizer` (ARC: the chat format) gets the
+        tokenizer once here, so its prompts are built as the model reads them."""
         if self._records is None:
-            self._records = self.task.load_contexts(self.cfg.task)
+            records = self.task.load_contexts(self.cfg.task)
+            bind = getattr(self.task, "bind_tokenizer", None)
+            self._records = bind(records, self.tokenizer, self.cfg.task) if bind else records
         return self._records
 
     @property
@@ -62,7 +70,7 @@ class Runtime:
                 from peft import PeftModel
 
                 with tempfile.TemporaryDirectory(prefix="seal-policy-") as tmp:
-                    self.run.get_dir(policy_key(round_ - 1), tmp)
+                    fetch_policy(self.run, round_ - 1, tmp)
                     model = PeftModel.from_pretrained(model, tmp).merge_and_unload()
                 model.eval()
             # A pod's fixed cost: compare it with the stage's time to size shards (shards.*_size).
@@ -79,7 +87,7 @@ class Runtime:
                 return None
             if round_ not in self._adapter_dirs:  # once per round: shards and seeds ask again
                 folder = local_dir("seal-policy-")  # lives until exit: vLLM reads adapters lazily
-                self.run.get_dir(policy_key(round_ - 1), folder)
+                fetch_policy(self.run, round_ - 1, folder)
                 self._adapter_dirs[round_] = folder
             return self._adapter_dirs[round_]
 

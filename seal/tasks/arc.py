@@ -1,20 +1,24 @@
 """Few-shot ARC: self-edits that pick augmentations and training settings, test-time training,
-voted predictions.
+voted predictions, run as the SEAL paper's reference code runs them (each difference from it is
+an `task.arc` option, with seal's earlier behaviour kept as the alternative).
 
-A context is one (task, test input) of an ARC-AGI task file. The policy reads the task's
-demonstrations and writes a self-edit: a JSON object such as
+A context is one ARC-AGI task (`arc.context: task`; or one (task, test input)). The policy reads
+the task's demonstrations and writes a self-edit: a JSON object such as
 
     {"augmentations": ["basic", "chain"], "loss": "outputs", "lr": 0.0001, "epochs": 2}
 
 The inner loop builds test-time-training (TTT) data from the demonstrations alone (leave-one-out
-and leave-two-out puzzles, augmented by the chosen transform families, colour permutations and
-demonstration shuffles), fits a LoRA with the edit's learning rate and epochs, and answers the test
-input greedily under several invertible views (rotations, flips...). Answers are mapped back,
-voted, and the reward is 1 if the solution is among the top `attempts` (pass@2 by default).
+and leave-two-out puzzles, augmented by the chosen transform families, colour permutations when
+some family was chosen, and demonstration shuffles), keeps at most `arc.max_examples` (250) of
+them, fits a LoRA with the edit's learning rate and epochs, and answers each test input under the
+paper's queries (leave-one-out subsets of the demonstrations and geometric views). Answers are
+mapped back and voted hierarchically; the reward is 1 if every test input's solution is among its
+top `attempts` (pass@2). Prompts use the model's chat format when its tokenizer has one.
 
-An edit that cannot be parsed, or asks for more compute than the cap, is not trained: its reward
-is 0 and the reason is recorded in its score row (the paper does the same; it teaches the policy
-to write well-formed, affordable edits).
+A sampled edit that does not parse is sampled again (up to `arc.edit_attempts`). An edit that
+still cannot be parsed, or asks for more compute than the cap (epochs x examples / batch > 375,
+examples counted after the truncation to 250), is not trained: its reward is 0 and the reason is
+recorded in its score row (it teaches the policy to write well-formed, affordable edits).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from seal.store import read_json_file
 from seal.tasks.arc_augment import FAMILIES, IDENTITY, TRANSFORMS, Transform, random_color_perm, recolor
 from seal.tasks.arc_grids import Grid, cells, check_grid, grid_to_text, parse_grid, side
 from seal.tasks.base import InnerJob
+from seal.tasks.chat import ChatFrame
 
 log = logging.getLogger(__name__)
 
@@ -94,29 +99,46 @@ def validate_tasks(challenges: Any, solutions: Any, source: str) -> None:
                 raise DataError(f"{where} solution {i}: {reason}")
 
 
-def contexts_from(challenges: dict[str, Any], solutions: dict[str, Any]) -> list[dict[str, Any]]:
-    """One context per (task, test input), in task-id order (context ids are list indices)."""
+def contexts_from(challenges: dict[str, Any], solutions: dict[str, Any], per: str = "task",
+                  only: list[str] | None = None) -> list[dict[str, Any]]:
+    """The contexts in task-id order (context ids are list indices): one per task (`per="task"`,
+    the paper: every test input is asked, the task counts as solved only if all are), or one per
+    (task, test input). `only`: the task ids to keep (empty or None: all)."""
     out = []
     for tid in sorted(challenges):
+        if only and tid not in only:
+            continue
         task = challenges[tid]
-        for i, test in enumerate(task["test"]):
-            out.append({
-                "id": f"{tid}/{i}", "task": tid, "test_index": i,
-                "train": [{"input": p["input"], "output": p["output"]} for p in task["train"]],
-                "test_input": test["input"], "solution": solutions[tid][i],
-            })
+        train = [{"input": p["input"], "output": p["output"]} for p in task["train"]]
+        tests = [{"input": t["input"], "solution": solutions[tid][i]} for i, t in enumerate(task["test"])]
+        if per == "task":
+            out.append({"id": tid, "task": tid, "train": train, "tests": tests})
+        else:
+            out += [{"id": f"{tid}/{i}", "task": tid, "test_index": i, "train": train, "tests": [t]}
+                    for i, t in enumerate(tests)]
     return out
 
 
 # --- prompts
 
 PUZZLE_HEADER = "Each input grid is turned into its output grid by the same rule.\n\n"
+EDIT_SYSTEM = "You are a helpful assistant that provide the correct output for the given task immediately."
 
 
-def puzzle_text(demos: list[Pair], query: Grid) -> str:
-    """Demonstrations then the query input; the answer grid follows 'Output:' on the next line."""
-    blocks = [f"Input:\n{grid_to_text(p['input'])}\nOutput:\n{grid_to_text(p['output'])}\n" for p in demos]
-    return PUZZLE_HEADER + "\n".join(blocks) + f"\nInput:\n{grid_to_text(query)}\nOutput:\n"
+def _demo_blocks(demos: list[Pair]) -> str:
+    return "\n".join(f"Input:\n{grid_to_text(p['input'])}\nOutput:\n{grid_to_text(p['output'])}\n" for p in demos)
+
+
+def puzzle_text(demos: list[Pair], query: Grid, chat: ChatFrame | None = None) -> str:
+    """Demonstrations then the query input; the answer grid comes next.
+
+    Plain text: the answer follows 'Output:' on the next line. In a chat format (the reference's
+    way for Llama-3.2-1B-Instruct): the header and demonstrations are the system message, the
+    query input the user message, and the answer is the assistant's reply.
+    """
+    if chat is None:
+        return PUZZLE_HEADER + _demo_blocks(demos) + f"\nInput:\n{grid_to_text(query)}\nOutput:\n"
+    return chat.prompt(PUZZLE_HEADER + _demo_blocks(demos), f"Input:\n{grid_to_text(query)}\nOutput:")
 
 
 EXAMPLE_EDIT = '{"augmentations": ["basic"], "loss": "outputs", "lr": 0.0001, "epochs": 2}'
@@ -132,16 +154,15 @@ EDIT_PROMPT = (
     '"lr": the learning rate, from {lr_min:g} to {lr_max:g}\n'
     '"epochs": passes over the data, a whole number from 1 to {max_epochs}\n'
     "For example: {example}\n\n"
-    "Self-edit:\n"
 )
+EDIT_CUE = "Self-edit:\n"  # plain text only: in a chat format the assistant header cues the reply
 
 
 def edit_prompt(record: dict[str, Any], arc: Any) -> str:
-    demos = "\n".join(
-        f"Input:\n{grid_to_text(p['input'])}\nOutput:\n{grid_to_text(p['output'])}\n" for p in record["train"]
-    )
-    return EDIT_PROMPT.format(demos=demos, lr_min=arc.lr_min, lr_max=arc.lr_max, max_epochs=arc.max_epochs,
-                              example=EXAMPLE_EDIT)
+    body = EDIT_PROMPT.format(demos=_demo_blocks(record["train"]), lr_min=arc.lr_min, lr_max=arc.lr_max,
+                              max_epochs=arc.max_epochs, example=EXAMPLE_EDIT)
+    chat = record.get("chat")
+    return body + EDIT_CUE if chat is None else chat.prompt(EDIT_SYSTEM, body)
 
 
 # --- the self-edit: strict parsing, with clamps recorded
@@ -236,20 +257,23 @@ def parse_edit(text: str, arc: Any) -> tuple[Edit | None, str, list[str]]:
 # --- test-time training data
 
 
-def leave_out_splits(pairs: list[Pair], leave_two_out: bool) -> list[tuple[list[Pair], Pair]]:
+def leave_out_splits(pairs: list[Pair], leave_two_out: bool, two_out: str = "all") -> list[tuple[list[Pair], Pair]]:
     """(demonstrations, query) puzzles made from the task's own demonstrations.
 
     Leave-one-out: each demonstration in turn is the query, the others its demonstrations.
-    Leave-two-out (tasks with >= 3 demonstrations): each demonstration i is the query again, with
-    its cyclic neighbour i+1 also held out, so the model sees puzzles with one demonstration
-    fewer (TTT, Akyurek et al. 2024). Why one neighbour and not every pair: all n(n-1) ordered
-    pairs would make a 6-demonstration task's data 6x larger and push nearly every edit on it
-    over the compute cap; n puzzles keep the data linear in n.
+    Leave-two-out (tasks with >= 3 demonstrations): each demonstration i is the query again with
+    one more demonstration held out, so the model sees puzzles with one demonstration fewer (TTT,
+    Akyurek et al. 2024): every other demonstration j in turn (`two_out="all"`, the paper's
+    n(n-1) puzzles; the truncation to `max_examples` keeps the data bounded), or only i's cyclic
+    neighbour (`"neighbour"`, n puzzles). The reference also builds leave-two-out puzzles with no
+    demonstration at all for 2-demonstration tasks; seal does not.
     """
     n = len(pairs)
     splits = [([p for j, p in enumerate(pairs) if j != i], pairs[i]) for i in range(n)]
     if leave_two_out and n >= 3:
-        splits += [([p for k, p in enumerate(pairs) if k not in (i, (i + 1) % n)], pairs[i]) for i in range(n)]
+        drops = [(i, j) for i in range(n) for j in range(n) if j != i] if two_out == "all" \
+            else [(i, (i + 1) % n) for i in range(n)]
+        splits += [([p for k, p in enumerate(pairs) if k not in (i, j)], pairs[i]) for i, j in drops]
     return splits
 
 
@@ -265,14 +289,16 @@ def edit_transforms(edit: Edit) -> list[Transform]:
 def build_ttt_examples(record: dict[str, Any], edit: Edit, arc: Any, seed: int) -> tuple[list[Any], dict[str, Any]]:
     """The inner loop's training examples for one edit, and counts of what the caps removed.
 
-    `built` counts the examples the edit asked for after the grid-size caps and before the
-    example-count cap: the compute cap is judged on it, so an edit cannot dodge the cap by asking
-    for more data than the hardware guard lets through.
+    `built` counts the examples the edit asked for after the grid-size caps, `used` those left
+    after the random truncation to `arc.max_examples` (the paper's 250); the compute cap judges
+    `used` (the paper) or `built` (`arc.cap_on`). Colour-permuted copies are added only when the
+    edit chose an augmentation family (the paper), unless `arc.color_permute_unaugmented`.
     """
     rng = random.Random(seed)
+    colors = arc.color_permutations if (edit.augmentations or arc.color_permute_unaugmented) else 0
     puzzles: list[tuple[list[Pair], Pair]] = []
     dropped = 0
-    for demos, query in leave_out_splits(record["train"], arc.leave_two_out):
+    for demos, query in leave_out_splits(record["train"], arc.leave_two_out, arc.leave_two_out_pairs):
         for t in edit_transforms(edit):
             tdemos = [_map_pair(p, t.forward) for p in demos]
             tquery = _map_pair(query, t.forward)
@@ -281,7 +307,7 @@ def build_ttt_examples(record: dict[str, Any], edit: Edit, arc: Any, seed: int) 
                 dropped += 1  # e.g. a 20x20 grid up-scaled to 40x40: past ARC's size, too long to train
                 continue
             variants = [(tdemos, tquery)]
-            for _ in range(arc.color_permutations):
+            for _ in range(colors):
                 perm = random_color_perm(rng)
                 variants.append(([_map_pair(p, lambda g, m=perm: recolor(g, m)) for p in tdemos],
                                  _map_pair(tquery, lambda g, m=perm: recolor(g, m))))
@@ -295,8 +321,9 @@ def build_ttt_examples(record: dict[str, Any], edit: Edit, arc: Any, seed: int) 
         keep = sorted(rng.sample(range(built), arc.max_examples))
         puzzles = [puzzles[i] for i in keep]
     examples = []
+    chat = record.get("chat")
     for demos, query in puzzles:
-        prompt, answer = puzzle_text(demos, query["input"]), grid_to_text(query["output"])
+        prompt, answer = puzzle_text(demos, query["input"], chat), grid_to_text(query["output"])
         # "outputs": loss on the answer grid only; "all": on every token, demonstrations included.
         if edit.loss == "outputs":
             examples.append(Example(text=answer, prompt=prompt))
@@ -305,50 +332,164 @@ def build_ttt_examples(record: dict[str, Any], edit: Edit, arc: Any, seed: int) 
     return examples, {"built": built, "dropped_by_size": dropped, "used": len(examples)}
 
 
-# --- voting
+# --- probes and voting
+#
+# A probe is one query of a test input: (demonstrations, query input, view). Its answer is mapped
+# back through the view's inverse before voting. Two schemes (`arc.voting`):
+# - paper (the reference's eval): the test input under every leave-one-out subset of the
+#   demonstrations, each also in 2 shuffled orders (duplicates dropped), then 5 geometric views,
+#   each of one of those puzzles picked at random (seeded); answers are voted hierarchically;
+# - flat: the test input after all demonstrations, under each `arc.vote_transforms` view;
+#   answers are ranked by plurality.
+
+PAPER_VIEWS = ("transpose", "flip_v", "flip_h", "rot270", "rot180")  # the reference's Transpose,
+# Flip(0) (up-down), Flip(1) (left-right), Rotate(90) (numpy's counter-clockwise) and Rotate(180)
+PAPER_SHUFFLES = 2  # the reference's permute_n for evaluation queries
+Probe = tuple[list[Pair], Grid, str]  # (demonstrations, query input, view name)
 
 
-def vote(record: dict[str, Any], outputs: list[str], view_names: list[str], attempts: int) -> dict[str, Any]:
-    """Parse each view's answer, map it back through the view's inverse, and count votes.
+def _puzzle_key(demos: list[Pair], query: Grid) -> str:
+    return json.dumps([demos, query])
 
-    Candidates rank by votes, ties by the first view that produced them (identity first), so the
-    result depends only on the outputs. Unparseable answers cast no vote.
-    """
-    counts: Counter[str] = Counter()
-    first_seen: dict[str, int] = {}
-    reasons = []
-    for i, (name, out) in enumerate(zip(view_names, outputs, strict=True)):
+
+def paper_probes(record: dict[str, Any], test: int) -> list[Probe]:
+    """The reference's evaluation queries of test input `test`, in a fixed order (seeded by task
+    and test index, so probing and grading rebuild the same list)."""
+    rng = random.Random(derive_seed(0, "arc-probe", record["task"], test))
+    train, query = record["train"], record["tests"][test]["input"]
+    seen: set[str] = set()
+    plain: list[list[Pair]] = []
+    for i in range(len(train)):
+        demos = [p for j, p in enumerate(train) if j != i]
+        orders = [demos]
+        for _ in range(PAPER_SHUFFLES):
+            shuffled = list(demos)
+            rng.shuffle(shuffled)
+            orders.append(shuffled)
+        for d in orders:
+            key = _puzzle_key(d, query)
+            if key not in seen:
+                seen.add(key)
+                plain.append(d)
+    probes: list[Probe] = [(d, query, "identity") for d in plain]
+    for name in PAPER_VIEWS:
+        t = TRANSFORMS[name]
+        demos = plain[rng.randrange(len(plain))]
+        tdemos, tquery = [_map_pair(p, t.forward) for p in demos], t.forward(query)
+        key = _puzzle_key(tdemos, tquery)
+        if key in seen:  # e.g. a symmetric task: the view asks nothing new (the reference skips it too)
+            continue
+        seen.add(key)
+        probes.append((tdemos, tquery, name))
+    return probes
+
+
+def probes_of(record: dict[str, Any], test: int, arc: Any) -> list[Probe]:
+    if arc.voting == "paper":
+        return paper_probes(record, test)
+    query = record["tests"][test]["input"]
+    return [([_map_pair(p, TRANSFORMS[v].forward) for p in record["train"]], TRANSFORMS[v].forward(query), v)
+            for v in arc.vote_transforms]
+
+
+def _map_back(outputs: list[str], views: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(view, answer text in the test input's own orientation) per parseable answer, and the
+    reasons the others cast no vote."""
+    back, reasons = [], []
+    for name, out in zip(views, outputs, strict=True):
         grid, reason = parse_grid(out)
         if grid is not None:
-            back = TRANSFORMS[name].inverse(grid)
-            if back is None:  # cannot happen for dihedral views; kept for safety
-                reason = f"{name}: answer outside the view's image"
-            else:
-                key = grid_to_text(back)
-                counts[key] += 1
-                first_seen.setdefault(key, i)
+            orig = TRANSFORMS[name].inverse(grid)
+            if orig is not None:
+                back.append((name, grid_to_text(orig)))
                 continue
+            reason = "answer outside the view's image"  # cannot happen for dihedral views
         reasons.append(f"{name}: {reason}")
-    ranked = sorted(counts, key=lambda k: (-counts[k], first_seen[k]))
-    top = ranked[:attempts]
-    solution = grid_to_text(record["solution"])
-    return {
-        "score": 1.0 if solution in top else 0.0,
-        "pass1": 1.0 if top[:1] == [solution] else 0.0,
-        "answers": top,
-        "votes": [counts[k] for k in top],
-        "parsed": sum(counts.values()),
-        "unparsed": reasons,
-    }
+    return back, reasons
+
+
+def flat_vote(answers: list[str], attempts: int) -> list[str]:
+    """Candidates by votes, ties by the first answer that gave them."""
+    counts = Counter(answers)
+    first = {a: answers.index(a) for a in counts}
+    return sorted(counts, key=lambda a: (-counts[a], first[a]))[:attempts]
+
+
+def _majority_grid(answers: list[str], transpose: bool) -> str:
+    """Row by row (or column by column) the most common line among answers of the most common
+    shape: a candidate that may mix answers (the reference's row/column majority)."""
+    grids = [parse_grid(a)[0] for a in answers]
+    if transpose:
+        grids = [[list(c) for c in zip(*g, strict=True)] for g in grids]
+    shapes = [(len(g), len(g[0])) for g in grids]
+    h, w = max(shapes, key=lambda sh: (shapes.count(sh), -shapes.index(sh)))
+    rows = []
+    for r in range(h):
+        lines = [tuple(g[r]) for g in grids if len(g) > r and len(g[r]) == w]
+        rows.append(list(max(lines, key=lambda line: (lines.count(line), -lines.index(line)))))
+    if transpose:
+        rows = [list(c) for c in zip(*rows, strict=True)]
+    return grid_to_text(rows)
+
+
+def top_three(answers: list[str]) -> list[str]:
+    """The three most voted answers; missing places are filled by the row-majority, then the
+    column-majority grid (the reference's get_all_type_of_votingsv2, ties broken by first seen)."""
+    if not answers:
+        return []
+    ranked = flat_vote(answers, 3)
+    most = ranked[0]
+    rows, cols = _majority_grid(answers, False), _majority_grid(answers, True)
+    second = ranked[1] if len(ranked) > 1 else (rows if rows != most else cols)
+    third = ranked[2] if len(ranked) > 2 else most
+    if third in (most, second):
+        third = rows if rows not in (most, second) else cols
+    return [most, second, third]
+
+
+def hierarchical_vote(back: list[tuple[str, str]], attempts: int) -> list[str]:
+    """The reference's vote: the top three of all answers and of each view's answers are pooled,
+    and the pool's top three decide; when the 2nd and 3rd tie in the pool, the one with more votes
+    among the identity view's answers is the 2nd attempt."""
+    if not back:
+        return []
+    by_view: dict[str, list[str]] = {}
+    for view, ans in back:
+        by_view.setdefault(view, []).append(ans)
+    pool = top_three([a for _, a in back])
+    for view in by_view:
+        pool += top_three(by_view[view])
+    c1, c2, c3 = top_three(pool)
+    if pool.count(c2) == pool.count(c3):
+        ident = by_view.get("identity", [])
+        if ident.count(c2) > ident.count(c3):
+            c3 = c2
+        else:
+            c2 = c3
+    return list(dict.fromkeys([c1, c2, c3]))[:attempts]
+
+
+def grade_test(solution: Grid, outputs: list[str], views: list[str], arc: Any) -> dict[str, Any]:
+    back, reasons = _map_back(outputs, views)
+    answers = [a for _, a in back]
+    top = hierarchical_vote(back, arc.attempts) if arc.voting == "paper" else flat_vote(answers, arc.attempts)
+    sol = grid_to_text(solution)
+    return {"solved": sol in top, "pass1": top[:1] == [sol], "answers": top,
+            "votes": [answers.count(a) for a in top], "parsed": len(answers), "unparsed": reasons}
 
 
 # --- The task interface used by the stages (see seal/tasks/__init__.py)
 
 
 def load_contexts(task_cfg: Any) -> list[dict[str, Any]]:
-    challenges, solutions = load_tasks(task_cfg.data, task_cfg.arc.solutions)
+    arc = task_cfg.arc
+    challenges, solutions = load_tasks(task_cfg.data, arc.solutions)
     validate_tasks(challenges, solutions, task_cfg.data)
-    records = contexts_from(challenges, solutions)
+    unknown = sorted(set(arc.tasks) - set(challenges))
+    if unknown:
+        raise ConfigError(f"task.arc.tasks: {', '.join(unknown)} not in {task_cfg.data} "
+                          f"(it has {', '.join(sorted(challenges)[:12])}{' ...' if len(challenges) > 12 else ''})")
+    records = contexts_from(challenges, solutions, arc.context, arc.tasks)
     # A rough check that answers fit the greedy budget (about 2 tokens per cell: digit + space).
     need = max(2 * cells(p["output"]) for r in records for p in r["train"])
     if need > task_cfg.answer_tokens:
@@ -357,8 +498,25 @@ def load_contexts(task_cfg: Any) -> list[dict[str, Any]]:
     return records
 
 
+def bind_tokenizer(records: list[dict[str, Any]], tokenizer: Any, task_cfg: Any) -> list[dict[str, Any]]:
+    """The records with the model's chat format (`arc.chat: auto` and a tokenizer with a chat
+    template): prompts, TTT data and probes are then built in it."""
+    chat = ChatFrame.from_tokenizer(tokenizer) if task_cfg.arc.chat == "auto" else None
+    return [{**r, "chat": chat} for r in records]
+
+
 def context_prompt(record: dict[str, Any], task_cfg: Any) -> str:
     return edit_prompt(record, task_cfg.arc)
+
+
+def edit_problem(text: str, task_cfg: Any) -> str:
+    """Why a sampled self-edit cannot be used ('' when it parses): such an edit is sampled again,
+    up to `edit_attempts(task_cfg)` samples in all."""
+    return parse_edit(text, task_cfg.arc)[1]
+
+
+def edit_attempts(task_cfg: Any) -> int:
+    return task_cfg.arc.edit_attempts
 
 
 def inner_job(record: dict[str, Any], edit: str, task_cfg: Any, inner_cfg: Any) -> InnerJob:
@@ -368,16 +526,18 @@ def inner_job(record: dict[str, Any], edit: str, task_cfg: Any, inner_cfg: Any) 
     if parsed is None:
         return InnerJob(examples=[], lora=inner_cfg, skip=f"unparseable edit: {problem}",
                         info={"edit_notes": notes})
-    # Data seeds depend on the context and the edit's choices, so equal edits build equal data.
-    seed = derive_seed(0, "arc-ttt", record["id"], parsed)
+    # Data seeds depend on the task and the edit's choices, so equal edits build equal data, for
+    # every test input of a task alike (TTT data come from the demonstrations only).
+    seed = derive_seed(0, "arc-ttt", record["task"], parsed)
     examples, stats = build_ttt_examples(record, parsed, arc, seed)
     info = {"edit": {"augmentations": list(parsed.augmentations), "loss": parsed.loss, "lr": parsed.lr,
                      "epochs": parsed.epochs}, "edit_notes": notes, "ttt": stats}
-    steps = parsed.epochs * stats["built"] / inner_cfg.batch_size
+    count = stats[arc.cap_on]
+    steps = parsed.epochs * count / inner_cfg.batch_size
     if steps > arc.compute_cap:
         # The paper's rule: an edit this expensive is not trained, and scores 0.
         return InnerJob(examples=[], lora=inner_cfg, info=info,
-                        skip=f"over the compute cap: {parsed.epochs} epochs x {stats['built']} examples / "
+                        skip=f"over the compute cap: {parsed.epochs} epochs x {count} examples / "
                              f"batch {inner_cfg.batch_size} = {steps:g} steps > {arc.compute_cap:g}")
     if not examples:
         return InnerJob(examples=[], lora=inner_cfg, info=info, skip="no training example fits the size caps")
@@ -386,12 +546,10 @@ def inner_job(record: dict[str, Any], edit: str, task_cfg: Any, inner_cfg: Any) 
 
 
 def probe_prompts(record: dict[str, Any], task_cfg: Any) -> list[str]:
-    """The test puzzle under each voting view (demonstrations and test input transformed alike)."""
-    prompts = []
-    for name in task_cfg.arc.vote_transforms:
-        t = TRANSFORMS[name]
-        prompts.append(puzzle_text([_map_pair(p, t.forward) for p in record["train"]], t.forward(record["test_input"])))
-    return prompts
+    """Every test input's probes, test after test (see `test_probes`)."""
+    chat = record.get("chat")
+    return [puzzle_text(demos, query, chat)
+            for t in range(len(record["tests"])) for demos, query, _ in probes_of(record, t, task_cfg.arc)]
 
 
 def probe_params(task_cfg: Any, batch_size: int) -> Any:
@@ -399,6 +557,19 @@ def probe_params(task_cfg: Any, batch_size: int) -> Any:
 
 
 def grade_outputs(record: dict[str, Any], outputs: list[str], task_cfg: Any) -> dict[str, Any]:
+    """Score 1 when every test input's solution is among its top `attempts` voted answers.
+    "answers", "votes" and "parsed" hold one entry per test input."""
+    arc = task_cfg.arc
     if not outputs:
-        return {"score": 0.0, "answers": [], "votes": [], "parsed": 0, "unparsed": []}
-    return vote(record, outputs, list(task_cfg.arc.vote_transforms), task_cfg.arc.attempts)
+        return {"score": 0.0, "pass1": 0.0, "answers": [], "votes": [], "parsed": [], "unparsed": []}
+    tests, start = [], 0
+    for t, test in enumerate(record["tests"]):
+        views = [v for _, _, v in probes_of(record, t, arc)]
+        tests.append(grade_test(test["solution"], outputs[start:start + len(views)], views, arc))
+        start += len(views)
+    return {
+        "score": 1.0 if all(g["solved"] for g in tests) else 0.0,
+        "pass1": 1.0 if all(g["pass1"] for g in tests) else 0.0,
+        "answers": [g["answers"] for g in tests], "votes": [g["votes"] for g in tests],
+        "parsed": [g["parsed"] for g in tests], "unparsed": [r for g in tests for r in g["unparsed"]],
+    }

@@ -10,6 +10,14 @@ A task is a module (seal.tasks.knowledge, seal.tasks.arc) with the functions of 
   held-out probes, answered without the context;
 - `grade_outputs(record, outputs, task_cfg) -> {"score": float, ...}`: the reward from the answers.
 
+Optional functions (looked up with getattr; ARC has them, knowledge does not):
+
+- `bind_tokenizer(records, tokenizer, task_cfg) -> records`: what the task needs of the
+  tokenizer (ARC: the model's chat format), bound once by `stages.runtime.Runtime.records`;
+- `edit_problem(text, task_cfg) -> str` and `edit_attempts(task_cfg) -> int`: a sampled
+  self-edit with a problem is sampled again, up to that many samples in all
+  (`stages.sample.sample_edits`).
+
 Splitting probing from grading lets a backend answer the probes of many adapted models in one
 batched call and grade each candidate afterwards.
 """

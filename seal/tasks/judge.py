@@ -16,10 +16,16 @@ from seal.errors import ConfigError, TransientError
 
 log = logging.getLogger(__name__)
 
+# The paper's grading rules, in its words: judged from the gold answer alone (no outside
+# knowledge), and extra information is fine if the answer fully conveys the gold one.
 JUDGE_PROMPT = (
-    "You are grading an answer to a question against the gold answer.\n"
-    "Question: {question}\nGold answer: {gold}\nPredicted answer: {prediction}\n"
-    "Is the predicted answer correct (same meaning as the gold answer)? Reply with yes or no."
+    "You are a grading assistant. Your job is to determine whether a student's answer correctly answers "
+    "the question based solely on the provided gold answer. Do not use any outside knowledge. The student "
+    "answer can include additional information, but it must at least fully convey the gold answer and must "
+    "not contradict it. Ignore style, phrasing, or extra details that do not affect correctness. Respond "
+    "ONLY with 'yes' or 'no'.\n\n"
+    "Question: {question}\nGold answer: {gold}\nStudent answer: {prediction}\n"
+    "Is the student answer correct based solely on the gold answer? Respond 'yes' or 'no'."
 )
 
 

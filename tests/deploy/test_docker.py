@@ -64,3 +64,15 @@ def test_dockerignore_keeps_the_context_small():
             copied.update(src.split())
     for src in copied:
         assert f"!{src}" in lines or f"!{src}/" in lines, f".dockerignore drops {src}, which a Dockerfile copies"
+
+
+def test_the_cpu_image_runs_the_gpu_images_stack():
+    """The CPU image (kind, CPU clusters) pins torch and transformers as the GPU image's vLLM does."""
+    gpu = (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    vllm = re.search(r"^ARG VLLM_IMAGE=vllm/vllm-openai:(v[\d.]+)$", gpu, re.M).group(1)
+    stack = (ROOT / "docker" / "gpu-stack.txt").read_text()
+    assert f"vllm/vllm-openai:{vllm}" in stack, "docker/gpu-stack.txt names another vLLM image than Dockerfile.gpu"
+    pins = [line for line in stack.splitlines() if line and not line.startswith("#")]
+    assert any(p.startswith("torch==") for p in pins) and any(p.startswith("transformers") for p in pins)
+    cpu = (ROOT / "docker" / "Dockerfile.cpu").read_text()
+    assert "--constraint /src/gpu-stack.txt" in cpu and "grep '^torch==' /src/gpu-stack.txt" in cpu

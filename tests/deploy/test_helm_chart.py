@@ -36,14 +36,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "gpu-types-and-tolerations": {
         "image": {"digest": "sha256:" + "ab" * 32},
-        "gpu": {"resourceName": "amd.com/gpu", "runtimeClassName": "rocm", "pendingTimeout": "30m",
+        "gpu": {"resourceName": "amd.com/gpu", "runtimeClassName": "rocm",
                 "tolerations": [{"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
                                 {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute",
                                  "tolerationSeconds": 600}]},
         "priorityClassName": "ml-batch",
-        "stages": {"sample": {"gpus": 2, "nodeSelector": {"gpu.product": "MI300X"}},
+        "parallelism": 24,
+        "stages": {"sample": {"gpus": 1, "nodeSelector": {"gpu.product": "MI300X"}},
                    "adapt": {"gpus": 1, "nodeSelector": {"gpu.product": "MI250"}},
-                   "improve": {"gpus": 8, "nodeSelector": {"gpu.product": "MI300X"},
+                   "improve": {"gpus": 1, "nodeSelector": {"gpu.product": "MI300X"},
                                "resources": {"requests": {"cpu": "32", "memory": "512Gi"},
                                              "limits": {"memory": "1Ti"}}}},
         "imagePullSecrets": [{"name": "regcred"}],
@@ -60,14 +61,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "modelCache": {"enabled": True, "existingClaim": "hf-cache"},
         "serviceAccount": {"create": False, "name": "ml-runner"}, "rbac": {"create": False},
         "runConfig": {"preset": "demo-cpu", "overrides": {"rounds": 3, "inner": {"fits": 2}}},
-        "workflowParameters": {"gpu-pending-timeout": "4h"},
+        "workflowParameters": {"max-pods-per-stage": "16"},
     },
     "kind-e2e": yaml.safe_load((ROOT / "tests" / "e2e" / "values-kind.yaml").read_text()),
 }
 
 # Parameters whose defaults the chart sets from its values (the rest keep restem.yaml's).
 CHART_PARAMETERS = {"image", "store", "config", "config-map", "s3-secret", "service-account", "gpu-tolerations",
-                    "gpu-pending-timeout", "rounds", "sample-shard-size", "adapt-shard-size",
+                    "rounds", "sample-shard-size", "adapt-shard-size",
                     *(f"{s}-{p}" for s in ("sample", "adapt", "improve") for p in ("gpus", "node-selector"))}
 CHART_ENV = {"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "HOME", "HF_HOME", "SEAL_CACHE",
              "SEAL_METRICS_PORT", "SEAL_PUSHGATEWAY"}
@@ -233,13 +234,15 @@ def test_chart_links_restem_yaml():
     assert (CHART / "files" / "configs").resolve() == (ROOT / "configs").resolve()
 
 
-def strip_chart_managed(spec: dict[str, Any], gpu_resource: str = "nvidia.com/gpu") -> dict[str, Any]:
+def strip_chart_managed(spec: dict[str, Any], gpu_resource: str = "nvidia.com/gpu",
+                        overridden: tuple[str, ...] = ()) -> dict[str, Any]:
     """The spec less everything the chart templates (see workflowtemplate-restem.yaml's header)."""
     spec = copy.deepcopy(spec)
-    for key in ("securityContext", "podMetadata", "workflowMetadata", "podPriorityClassName", "imagePullSecrets"):
+    for key in ("securityContext", "podMetadata", "workflowMetadata", "podPriorityClassName", "imagePullSecrets",
+                "parallelism"):
         spec.pop(key, None)
     for p in spec["arguments"]["parameters"]:
-        if p["name"] in CHART_PARAMETERS:
+        if p["name"] in CHART_PARAMETERS or p["name"] in overridden:  # overridden: by workflowParameters
             p.pop("value", None)
     spec["volumes"] = [v for v in spec.get("volumes", []) if v["name"] not in CHART_VOLUMES]
     if not spec["volumes"]:
@@ -267,7 +270,9 @@ def test_workflow_template_is_restem_yaml(rendered, name):
     restem = _restem()
     wt = workflow_template(rendered[name])
     resource = VALUE_SETS[name].get("gpu", {}).get("resourceName", "nvidia.com/gpu")
-    diffs = _same(strip_chart_managed(restem["spec"]), strip_chart_managed(wt["spec"], resource))
+    overridden = tuple(VALUE_SETS[name].get("workflowParameters", {}))
+    diffs = _same(strip_chart_managed(restem["spec"], overridden=overridden),
+                  strip_chart_managed(wt["spec"], resource, overridden))
     assert diffs == [], "the chart's WorkflowTemplate differs from workflows/restem.yaml:\n" + "\n".join(diffs)
     labels = wt["spec"]["workflowMetadata"]["labels"]
     assert restem["metadata"].get("labels", {}).items() <= labels.items()
@@ -295,11 +300,11 @@ def test_parameter_defaults_come_from_values(rendered):
     assert d["config"] == "/etc/seal/run.yaml" and d["config-map"] == f"{RELEASE}-seal-config"
     g = params("gpu-types-and-tolerations")
     assert g["image"] == "ghcr.io/seal-project/seal@sha256:" + "ab" * 32
-    assert (g["sample-gpus"], g["adapt-gpus"], g["improve-gpus"]) == ("2", "1", "8")
+    assert (g["sample-gpus"], g["adapt-gpus"], g["improve-gpus"]) == ("1", "1", "1")
     assert json.loads(g["improve-node-selector"]) == {"gpu.product": "MI300X"}
     assert json.loads(g["gpu-tolerations"])[1]["tolerationSeconds"] == 600
     e = params("existing-cache-claim-and-account")
-    assert e["rounds"] == "3" and e["gpu-pending-timeout"] == "4h" and e["service-account"] == "ml-runner"
+    assert e["rounds"] == "3" and e["max-pods-per-stage"] == "16" and e["service-account"] == "ml-runner"
     k = params("kind-e2e")
     assert (k["rounds"], k["sample-shard-size"], k["adapt-shard-size"]) == ("2", "2", "2")
     assert k["store"] == "s3://seal-e2e/runs"
@@ -308,7 +313,8 @@ def test_parameter_defaults_come_from_values(rendered):
 def test_gpu_scheduling(rendered):
     spec = workflow_template(rendered["gpu-types-and-tolerations"])["spec"]
     t = {t["name"]: t for t in spec["templates"]}
-    assert t["improve"]["container"]["resources"]["limits"] == {"memory": "1Ti", "amd.com/gpu": "8"}
+    assert t["improve"]["container"]["resources"]["limits"] == {"memory": "1Ti", "amd.com/gpu": "1"}
+    assert spec["parallelism"] == 24 and "parallelism" not in workflow_template(rendered["defaults"])["spec"]
     assert "amd.com/gpu" in t["sample"]["podSpecPatch"] and "nvidia.com" not in t["sample"]["podSpecPatch"]
     assert t["sample"]["podSpecPatch"].endswith(', "runtimeClassName": "rocm"}')
     assert spec["podPriorityClassName"] == "ml-batch"
@@ -357,10 +363,29 @@ def test_least_rbac(rendered):
     assert all(r["metadata"]["name"].endswith("-test") for r in by_kind(none, "Role"))
 
 
+def s3_secrets(docs):
+    return [s for s in by_kind(docs, "Secret") if s.get("type") != "kubernetes.io/service-account-token"]
+
+
+def test_executor_token_secret_and_no_token_in_main_containers(rendered):
+    """Argo mounts <account>.service-account-token into its executor's containers only
+    (workflowpod.go, setupServiceAccount); Kubernetes >= 1.24 makes no such Secret by itself."""
+    (token,) = [s for s in by_kind(rendered["defaults"], "Secret") if s not in s3_secrets(rendered["defaults"])]
+    assert token["metadata"]["name"] == f"{RELEASE}-seal.service-account-token"
+    assert token["metadata"]["annotations"] == {"kubernetes.io/service-account.name": f"{RELEASE}-seal"}
+    spec = workflow_template(rendered["defaults"])["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    params = {p["name"]: p.get("value") for p in spec["arguments"]["parameters"]}
+    assert params["service-account"] == f"{RELEASE}-seal"
+    assert spec["executor"]["serviceAccountName"] == "{{workflow.parameters.service-account}}"
+    assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    assert not by_kind(rendered["existing-cache-claim-and-account"], "Secret")  # an existing account brings its own
+
+
 def test_s3_credentials_secret(chart, rendered):
-    assert not by_kind(rendered["defaults"], "Secret")
-    assert not by_kind(rendered["external-s3-existing-secret"], "Secret")
-    (secret,) = by_kind(rendered["chart-created-secret"], "Secret")
+    assert not s3_secrets(rendered["defaults"])
+    assert not s3_secrets(rendered["external-s3-existing-secret"])
+    (secret,) = s3_secrets(rendered["chart-created-secret"])
     assert set(secret["data"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     out = render(chart, VALUE_SETS["chart-created-secret"])
     notes = out[next(p for p in out if p.endswith("NOTES.txt"))]
@@ -455,7 +480,9 @@ NEGATIVE = [
     ({"store": {"bucket": "Bad_Bucket"}}, "/store/bucket"),
     ({"store": {"endpoint": "minio:9000"}}, "/store/endpoint"),
     ({"gpu": {"tolerations": [{"key": "x", "operator": "Sometimes"}]}}, "/gpu/tolerations/0/operator"),
-    ({"gpu": {"pendingTimeout": "2 hours"}}, "/gpu/pendingTimeout"),
+    ({"gpu": {"pendingTimeout": "2h"}}, "additional properties 'pendingTimeout' not allowed"),
+    ({"stages": {"sample": {"gpus": 2}}}, "/stages/sample/gpus"),  # one GPU per pod: nothing uses a second
+    ({"parallelism": -1}, "/parallelism"),
     ({"metrics": {"port": "9108"}}, "/metrics/port"),
     ({"metrics": {"podMonitor": {"enabled": "yes"}}}, "/metrics/podMonitor/enabled"),
     ({"modelCache": {"accessModes": ["ReadWriteSometimes"]}}, "/modelCache/accessModes/0"),

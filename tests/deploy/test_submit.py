@@ -74,7 +74,7 @@ def test_submit_through_argo_server_sends_restem_with_the_runs_parameters(argo, 
     server = argo()
     monkeypatch.setenv("ARGO_TOKEN", "Bearer tok-123")
     code = main(["submit", *ARGS, "--argo-server", server.url, "--namespace", "ml",
-                 "-p", "image=ghcr.io/me/seal:1", "-p", "adapt-gpus=2",
+                 "-p", "image=ghcr.io/me/seal:1", "-p", "adapt-gpus=1",
                  "-p", "adapt-node-selector={\"nvidia.com/gpu.product\": \"NVIDIA-H100-80GB-HBM3\"}"])
     assert code == 0, capsys.readouterr().err
     assert capsys.readouterr().out.strip() == "seal-restem-ab12c"
@@ -89,7 +89,7 @@ def test_submit_through_argo_server_sends_restem_with_the_runs_parameters(argo, 
     defaults.pop("config")
     assert params == {**defaults, "store": "s3://bucket/runs", "run-id": "r1", "rounds": "3",
                       "sample-shard-size": "10", "adapt-shard-size": "16", "image": "ghcr.io/me/seal:1",
-                      "adapt-gpus": "2", "adapt-node-selector": '{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}'}
+                      "adapt-gpus": "1", "adapt-node-selector": '{"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}'}
     # everything but the parameter values is restem.yaml itself
     sent, original = json.loads(json.dumps(wf)), load_workflow()
     for p in (sent, original):
@@ -151,6 +151,8 @@ def test_submit_without_any_cluster_config_is_a_usage_error(monkeypatch, tmp_pat
     (["-p", "sample-node-selector=gpu=h100"], "podSpecPatch is not JSON"),
     (["-p", "novalue"], "expected NAME=VALUE"),
     (["--set", "inner.rnak=3"], "inner.rnak"),
+    (["-p", "adapt-gpus=2"], "one GPU"),  # nothing in seal would use a second one
+    (["--model-cache-claim", "Bad_Name"], "--model-cache-claim"),
 ])
 def test_bad_submit_input_is_refused_before_contacting_anything(argo, capsys, extra, needle):
     server = argo()
@@ -169,3 +171,15 @@ def test_submit_print_writes_the_checked_workflow_without_contacting_anything(ar
     assert server.requests == []
     assert wf["kind"] == "Workflow" and params_of(wf)["image"] == "img:1" and params_of(wf)["run-id"] == "r1"
     assert json.loads(params_of(wf)["config"])["rounds"] == 3
+
+
+def test_submit_mounts_a_model_cache_claim_at_cache_in_every_pod(argo, capsys):
+    import yaml
+
+    assert main(["submit", *ARGS, "--print", "--model-cache-claim", "seal-model-cache"]) == 0
+    wf = yaml.safe_load(capsys.readouterr().out)
+    volumes = {v["name"]: v for v in wf["spec"]["volumes"]}
+    assert volumes["seal-cache"] == {"name": "seal-cache", "persistentVolumeClaim": {"claimName": "seal-model-cache"}}
+    for t in wf["spec"]["templates"]:
+        if "container" in t:
+            assert {"name": "seal-cache", "mountPath": "/cache"} in t["container"]["volumeMounts"]

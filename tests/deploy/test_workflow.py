@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from argo_local import LocalArgo, Unsupported, WorkflowFailed, evaluate
+from argo_local import DEADLINE_MESSAGE, Failure, LocalArgo, Unsupported, WorkflowFailed, evaluate
 from conftest import tiny_overrides
 
 from seal.cli import build_parser, main, shard_range
@@ -64,7 +64,7 @@ def test_a_misspelt_field_fails_schema_check(wf, where, typo):
 
 def test_a_wrong_type_fails_schema_check(wf):
     bad = copy.deepcopy(wf)
-    template(bad, "round")["parallelism"] = "lots"
+    template(bad, "init")["activeDeadlineSeconds"] = ["lots"]
     assert schema_errors(bad)
 
 
@@ -122,28 +122,35 @@ def retry_decision(t, code: str, status: str = "Failed", message: str = "") -> b
 
 
 def test_retries_transient_failures_only(wf):
+    """The retry expression on the messages the controller really records (argo_local.Failure)."""
     pods = [t for t in wf["spec"]["templates"] if "container" in t]
     for t in pods:
         rs = t["retryStrategy"]
         assert rs["retryPolicy"] == "Always" and isinstance(rs["limit"], str) and int(rs["limit"]) >= 2
-        assert rs["backoff"]["duration"] and rs["backoff"]["maxDuration"]
+        # maxDuration is a deadline from the first attempt's start (operator.go): never on hours-long pods
+        assert rs["backoff"]["duration"] and "maxDuration" not in rs["backoff"]
+        assert rs["affinity"] == {"nodeAntiAffinity": {}}
         assert retry_decision(t, "75")
-        assert retry_decision(t, "-1", "Error", "pod deleted")
-        assert retry_decision(t, "143", "Failed", "Pod was terminated in response to imminent node shutdown")
-        assert retry_decision(t, "137", "Failed", "The node was low on resource: memory. Evicted")
-        assert not retry_decision(t, "2")
-        assert not retry_decision(t, "65")
-        assert not retry_decision(t, "137", "Failed", "OOMKilled")
-        assert not retry_decision(t, "1")
+        for failure in (Failure.evicted(), Failure.evicted("ephemeral-storage"), Failure.preempted(),
+                        Failure.node_shutdown()):
+            assert retry_decision(t, str(failure.exit_code if failure.exit_code is not None else -1),
+                                  failure.phase, failure.message), failure
+        assert retry_decision(t, "75", "Failed", DEADLINE_MESSAGE)  # SIGTERM at the deadline: resumes its shards
+        oom = Failure.oom_killed()
+        assert not retry_decision(t, str(oom.exit_code), oom.phase, oom.message)
+        assert not retry_decision(t, "2", "Failed", "main: Error (exit code 2)")
+        assert not retry_decision(t, "65", "Failed", "main: Error (exit code 65)")
+        assert not retry_decision(t, "1", "Failed", "main: Error (exit code 1)")
         assert isinstance(t["activeDeadlineSeconds"], str) and int(t["activeDeadlineSeconds"]) > 0
+        assert "timeout" not in t  # Argo makes it the pod's activeDeadlineSeconds from the node's start
 
 
-def test_gpu_pods_quote_limits_time_out_pending_and_patch_scheduling(wf):
+def test_gpu_pods_quote_limits_and_patch_scheduling(wf):
     values = declared_parameters(wf)
     for name in ("sample", "adapt", "improve"):
         t = template(wf, name)
         assert t["container"]["resources"]["limits"]["nvidia.com/gpu"] == "1"  # a quoted quantity
-        assert t["timeout"] == "{{workflow.parameters.gpu-pending-timeout}}"
+        assert t["container"]["resources"]["requests"]["ephemeral-storage"]  # room for the base model in /cache
         patch = t["podSpecPatch"]
         for param in (f"{name}-gpus", f"{name}-node-selector", "gpu-tolerations"):
             assert f"{{{{workflow.parameters.{param}}}}}" in patch
@@ -152,10 +159,35 @@ def test_gpu_pods_quote_limits_time_out_pending_and_patch_scheduling(wf):
     spec = wf["spec"]
     assert spec["podGC"]["strategy"] == "OnPodSuccess" and spec["activeDeadlineSeconds"] > 0
     assert spec["onExit"] == "finish" and container_commands(wf)["finish"][1] == "finish"
-    assert template(wf, "round")["parallelism"] >= 1
+    # No fixed parallelism: max-pods-per-stage bounds a stage's pods, and it is a parameter.
+    assert all("parallelism" not in t for t in spec["templates"]) and "parallelism" not in spec
     for t in spec["templates"]:
         for e in t.get("container", {}).get("envFrom", []):
             assert e == {"secretRef": {"name": "{{workflow.parameters.s3-secret}}"}}
+
+
+def test_pods_run_as_the_images_user_with_writable_tmp_and_cache_and_no_api_token(wf):
+    """Both images run as uid 10001 with HF_HOME and SEAL_CACHE under /cache and HOME=/tmp: every
+    container mounts a volume at each, and only Argo's executor gets the account's token."""
+    spec = wf["spec"]
+    sc = spec["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (10001, 10001, 10001) and sc["runAsNonRoot"]
+    assert sc["fsGroupChangePolicy"] == "OnRootMismatch"
+    assert spec["automountServiceAccountToken"] is False
+    account = "{{workflow.parameters.service-account}}"
+    assert spec["executor"]["serviceAccountName"] == spec["serviceAccountName"] == account
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for dockerfile in ("Dockerfile.cpu", "Dockerfile.gpu"):
+        text = (ROOT / "docker" / dockerfile).read_text()
+        paths = re.findall(r"(?:HOME|SEAL_CACHE|HF_HOME)=(/\S+)", text)
+        assert {"/tmp", "/cache/seal", "/cache/huggingface"} <= set(paths), dockerfile
+        for t in spec["templates"]:
+            if "container" not in t:
+                continue
+            mounts = {m["mountPath"]: m["name"] for m in t["container"]["volumeMounts"]}
+            for path in paths:
+                mount = next(m for m in mounts if path == m or path.startswith(m + "/"))
+                assert "emptyDir" in volumes[mounts[mount]], (t["name"], path)
 
 
 # --- size

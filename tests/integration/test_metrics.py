@@ -35,7 +35,7 @@ def _binary(name: str) -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
     if path is None:
         pytest.fail(f"`{name}` is not installed: apt-get install --no-install-recommends prometheus "
-                    "prometheus-pushgateway (.ci/run does this)")
+                    "prometheus-pushgateway (`make test-deps` does this)")
     return path
 
 

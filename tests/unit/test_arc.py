@@ -173,7 +173,7 @@ def test_edit_parser_never_raises(text):
 
 def test_unparseable_edit_is_skipped_not_crashed():
     cfg = arc_cfg()
-    rec = arc.load_contexts(cfg.task)[2]
+    rec = arc.load_contexts(cfg.task)[1]
     job = arc.inner_job(rec, "I would rotate the grids.", cfg.task, cfg.inner)
     assert job.skip.startswith("unparseable edit: ") and job.examples == []
 
@@ -182,14 +182,20 @@ def test_unparseable_edit_is_skipped_not_crashed():
 
 
 def test_ttt_splits_and_counts():
-    cfg = arc_cfg("task.arc.color_permutations=0")
-    rec = arc.load_contexts(cfg.task)[2]  # 5582e5ca: 3 demonstrations
+    cfg = arc_cfg("task.arc.color_permutations=0", "task.arc.leave_two_out_pairs=neighbour")
+    rec = arc.load_contexts(cfg.task)[1]  # 5582e5ca: 3 demonstrations
     e, _, _ = arc.parse_edit(edit_text(augmentations=[]), cfg.task.arc)
     ex, stats = arc.build_ttt_examples(rec, e, cfg.task.arc, seed=0)
     assert stats["built"] == len(ex) == 3 + 3  # leave-one-out + leave-two-out (query i, i+1 dropped)
     queries = [x.prompt.rsplit("Input:\n", 1)[1] for x in ex]
     assert sorted(queries) == sorted(2 * [arc.grid_to_text(p["input"]) + "\nOutput:\n" for p in rec["train"]])
     assert [x.prompt.count("Input:") for x in ex].count(2) == 3  # leave-two-out: 1 demonstration + query
+    pairs = arc_cfg("task.arc.color_permutations=0").task.arc  # the paper: every second demonstration
+    ex, stats = arc.build_ttt_examples(rec, e, pairs, seed=0)
+    assert stats["built"] == len(ex) == 3 + 3 * 2
+    assert sorted(x.prompt for x in ex if x.prompt.count("Input:") == 2) == sorted(
+        arc.puzzle_text([d], q["input"]) for i, q in enumerate(rec["train"])
+        for j, d in enumerate(rec["train"]) if j != i)
     e, _, _ = arc.parse_edit(edit_text(augmentations=["basic", "repeat"]), cfg.task.arc)
     ex, stats = arc.build_ttt_examples(rec, e, cfg.task.arc, seed=0)
     assert stats["built"] == 6 * (1 + 7 + 3)
@@ -204,8 +210,8 @@ def test_ttt_splits_and_counts():
 
 
 def test_ttt_builder_respects_its_caps():
-    cfg = arc_cfg("task.arc.max_examples=7", "task.arc.max_grid_side=5")
-    rec = arc.load_contexts(cfg.task)[2]  # 3x3 grids: up-scaled 2x they are 6x6, past the side cap
+    cfg = arc_cfg("task.arc.max_examples=7", "task.arc.max_grid_side=5", "task.arc.leave_two_out_pairs=neighbour")
+    rec = arc.load_contexts(cfg.task)[1]  # 5582e5ca: 3x3 grids: up-scaled 2x they are 6x6, past the side cap
     e, _, _ = arc.parse_edit(edit_text(augmentations=["size", "chain", "repeat"]), cfg.task.arc)
     ex, stats = arc.build_ttt_examples(rec, e, cfg.task.arc, seed=1)
     assert stats["used"] == len(ex) == 7 and stats["built"] > 7
@@ -217,23 +223,25 @@ def test_ttt_builder_respects_its_caps():
     again, _ = arc.build_ttt_examples(rec, e, cfg.task.arc, seed=1)
     assert again == ex  # seeded: the same edit builds the same data
     # leave-one-out puzzles hold 3 pairs of 3x3 grids (54 cells), leave-two-out ones 2 pairs (36)
-    cells = arc_cfg("task.arc.max_example_cells=40").task.arc
+    cells = arc_cfg("task.arc.max_example_cells=40", "task.arc.leave_two_out_pairs=neighbour").task.arc
     e0, _, _ = arc.parse_edit(edit_text(augmentations=[]), cells)
     ex, stats = arc.build_ttt_examples(rec, e0, cells, seed=0)
-    assert stats["dropped_by_size"] == 3 and stats["built"] == len(ex) == 3 * 2  # leave-two-out only
+    # leave-two-out only, and no colour copies: the edit chose no augmentation family (the paper)
+    assert stats["dropped_by_size"] == 3 and stats["built"] == len(ex) == 3
     assert all(x.prompt.count("Input:") == 2 for x in ex)
 
 
 def test_compute_cap_refuses_expensive_edits():
-    cfg = arc_cfg("inner.batch_size=2", "task.arc.compute_cap=375")
+    cfg = arc_cfg("inner.batch_size=2", "task.arc.compute_cap=375", "task.arc.leave_two_out_pairs=neighbour")
     rec = arc.load_contexts(cfg.task)[0]  # 44f52bb0: 6 demonstrations -> 36 puzzles per view
     job = arc.inner_job(rec, edit_text(augmentations=["basic"], epochs=4), cfg.task, cfg.inner)
-    # 12 puzzles x 8 views x 2 (colour copy) = 192 examples; 4 epochs / batch 2 = 384 steps > 375
+    # 12 puzzles x 8 views x 2 (colour copy) = 192 examples (under the 250 kept); 4 epochs / batch 2
+    # = 384 steps > 375
     assert job.skip.startswith("over the compute cap: 4 epochs x 192 examples / batch 2 = 384 steps")
     assert job.info["ttt"]["built"] == 192 and job.examples == []
     assert arc.inner_job(rec, edit_text(augmentations=["basic"], epochs=3), cfg.task, cfg.inner).skip == ""
     ok = arc.inner_job(rec, edit_text(augmentations=[], epochs=3, lr=5e-4), cfg.task, cfg.inner)
-    assert ok.skip == "" and len(ok.examples) == 24
+    assert ok.skip == "" and len(ok.examples) == 12  # no augmentation chosen: no colour copies
     assert (ok.lora.lr, ok.lora.epochs, ok.lora.rank) == (5e-4, 3, cfg.inner.rank)
     assert cfg.inner.epochs == 10  # the run's settings are untouched
 
@@ -241,21 +249,22 @@ def test_compute_cap_refuses_expensive_edits():
 # --- voting and grading ----------------------------------------------------------------------------
 
 
-def test_probes_and_vote_map_answers_back():
-    cfg = arc_cfg()
-    rec = arc.load_contexts(cfg.task)[3]  # 6150a2bd: rotate by 180
+def test_flat_probes_and_vote_map_answers_back():
+    cfg = arc_cfg("task.arc.voting=flat")
+    rec = arc.load_contexts(cfg.task)[2]  # 6150a2bd: rotate by 180
     views = cfg.task.arc.vote_transforms
+    sol = rec["tests"][0]["solution"]
     prompts = arc.probe_prompts(rec, cfg.task)
     assert len(prompts) == len(views) == 8 and all(p.endswith("Output:\n") for p in prompts)
-    right = [grid_to_text(TRANSFORMS[v].forward(rec["solution"])) for v in views]
+    right = [grid_to_text(TRANSFORMS[v].forward(sol)) for v in views]
     assert arc.grade_outputs(rec, right, cfg.task)["score"] == 1.0
     wrong = grid_to_text([[1]])
     # two views right, five agree on a wrong grid, one garbled: right is 2nd by votes -> pass@2 only
     outs = [wrong] * 5 + right[5:7] + ["no grid here"]
     res = arc.grade_outputs(rec, outs, cfg.task)
-    assert (res["score"], res["pass1"], res["votes"], res["parsed"]) == (1.0, 0.0, [5, 2], 7)
+    assert (res["score"], res["pass1"], res["votes"], res["parsed"]) == (1.0, 0.0, [[5, 2]], [7])
     assert len(res["unparsed"]) == 1 and res["unparsed"][0].startswith("anti_transpose:")
-    one = arc_cfg("task.arc.attempts=1")
+    one = arc_cfg("task.arc.voting=flat", "task.arc.attempts=1")
     assert arc.grade_outputs(rec, outs, one.task)["score"] == 0.0
     # one view's answer is mapped back through that view's inverse: right only in its own orientation
     only_rot90 = ["?"] + [right[1]] + ["?"] * 6
@@ -268,11 +277,19 @@ def test_probes_and_vote_map_answers_back():
 # --- data loading ----------------------------------------------------------------------------------
 
 
-def test_builtin_contexts_one_per_test_input():
+def test_builtin_contexts_one_per_task_or_per_test_input():
     cfg = arc_cfg()
     recs = get_task("arc").load_contexts(cfg.task)
-    assert [r["id"] for r in recs] == ["44f52bb0/0", "44f52bb0/1", "5582e5ca/0", "6150a2bd/0"]
-    assert recs[1]["solution"] == [[7]] and "Self-edit:" in arc.context_prompt(recs[0], cfg.task)
+    assert [r["id"] for r in recs] == ["44f52bb0", "5582e5ca", "6150a2bd"]  # the paper: a context is a task
+    assert [t["solution"] for t in recs[0]["tests"]] == [[[1]], [[7]]]
+    assert "Self-edit:" in arc.context_prompt(recs[0], cfg.task)
+    per_input = arc.load_contexts(arc_cfg("task.arc.context=test_input").task)
+    assert [r["id"] for r in per_input] == ["44f52bb0/0", "44f52bb0/1", "5582e5ca/0", "6150a2bd/0"]
+    assert per_input[1]["tests"] == [recs[0]["tests"][1]]
+    only = arc.load_contexts(arc_cfg("task.arc.tasks=[6150a2bd, 44f52bb0]").task)
+    assert [r["id"] for r in only] == ["44f52bb0", "6150a2bd"]
+    with pytest.raises(ConfigError, match="task.arc.tasks: nope not in builtin:arc-demo"):
+        arc.load_contexts(arc_cfg("task.arc.tasks=[nope]").task)
 
 
 def _write(tmp_path, ch, so):
@@ -303,7 +320,7 @@ GOOD = {"t1": {"train": [{"input": [[1]], "output": [[2]]}, {"input": [[3]], "ou
 def test_task_files_are_checked(tmp_path, challenges, solutions, err, needle):
     cfg = load_config(None, ["task.name=arc", *_write(tmp_path, challenges, solutions)])
     if err is None:
-        assert arc.load_contexts(cfg.task)[0]["solution"] == [[6]]
+        assert arc.load_contexts(cfg.task)[0]["tests"][0]["solution"] == [[6]]
         return
     with pytest.raises(err) as e:
         arc.load_contexts(cfg.task)
@@ -354,3 +371,10 @@ def test_paper_arc_config_matches_design():
     assert (cfg.filter.rule, cfg.filter.threshold) == ("threshold", 1.0)
     assert (cfg.mstep.rank, cfg.mstep.alpha, cfg.mstep.epochs, cfg.mstep.lr) == (16, 16, 8, 5e-5)
     assert "training_challenges" in cfg.task.data and "training_solutions" in cfg.task.arc.solutions
+    # the reference code's few-shot settings (seal/tasks/arc.py lists where they differ)
+    assert (cfg.sampling.temperature, cfg.sampling.top_p, cfg.sampling.max_new_tokens) == (0.8, 1.0, 128)
+    a = cfg.task.arc
+    assert (a.max_examples, a.cap_on, a.voting, a.chat, a.context, a.attempts) == (250, "used", "paper", "auto",
+                                                                                 "task", 2)
+    assert (a.leave_two_out, a.leave_two_out_pairs, a.color_permute_unaugmented) == (True, "all", False)
+    assert len(a.tasks) == cfg.contexts_per_round == 11 and "8e1813be" not in a.tasks

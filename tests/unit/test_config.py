@@ -26,10 +26,14 @@ def test_paper_knowledge_config_matches_design():
     assert (cfg.inner.rank, cfg.inner.alpha, cfg.inner.dropout) == (32, 64, 0.0)
     assert cfg.inner.target_modules == ["q_proj", "v_proj"]
     assert (cfg.inner.lr, cfg.inner.epochs, cfg.inner.batch_size, cfg.inner.fits) == (1e-3, 10, 1, 3)
-    assert (cfg.contexts_per_round, cfg.rounds, cfg.filter.rule) == (50, 2, "top1")
+    assert (cfg.contexts_per_round, cfg.rounds, cfg.filter.rule) == (50, 2, "top1_always")
     assert (cfg.mstep.rank, cfg.mstep.alpha, cfg.mstep.lr, cfg.mstep.epochs) == (64, 128, 3e-4, 2)
+    assert cfg.mstep.batch_size * cfg.mstep.accumulate == 10  # the paper's effective batch
+    assert (cfg.inner.lr_schedule, cfg.mstep.lr_schedule) == ("linear", "linear")
     assert len(cfg.mstep.target_modules) == 7
     assert cfg.task.answer_tokens == 64
+    assert (cfg.task.answer_prompt, cfg.task.answer_scope, cfg.task.grader) == ("paper", "whole", "judge")
+    assert cfg.sampling.max_new_tokens == 8192 and cfg.task.exclude
 
 
 def test_overrides_parse_yaml_scalars_and_lists():
@@ -45,7 +49,7 @@ def test_overrides_parse_yaml_scalars_and_lists():
     [
         ("inner.lrr=1", "unknown config key 'inner.lrr': allowed keys here are alpha"),
         ("bogus=1", "unknown config key 'bogus'"),
-        ("filter.rule=best", "'filter.rule': Input should be 'top1', 'improved' or 'threshold'"),
+        ("filter.rule=best", "'filter.rule': Input should be 'top1', 'top1_always', 'improved' or 'threshold'"),
         ("rounds=0", "'rounds': Input should be greater than or equal to 1"),
         ("sampling.top_p=1.5", "'sampling.top_p'"),
         ("run_id=has space", "'run_id'"),

@@ -34,7 +34,7 @@ def test_missing_and_malformed_data(tmp_path):
 @pytest.mark.parametrize("variant", sorted(kn.PROMPTS))
 def test_prompt_variants_contain_the_passage(variant):
     p = kn.edit_prompt(REC, variant)
-    assert "Warsaw is the capital of Poland." in p and p.endswith(":\n")
+    assert "Warsaw is the capital of Poland." in p and p.endswith((":\n", "Question 1: "))
 
 
 def test_training_texts_prefix_title_and_skip_blank_lines():
@@ -42,7 +42,7 @@ def test_training_texts_prefix_title_and_skip_blank_lines():
     assert kn.training_texts(REC, edit, with_passage=False) == [
         "Warsaw\nWarsaw is a capital.", "Warsaw\nPoland has a capital."]
     assert kn.training_texts(REC, edit)[-1] == "Warsaw\nWarsaw is the capital of Poland."
-    assert kn.question_prompt("Warsaw", "What is Warsaw?") == "Topic: Warsaw\nWhat is Warsaw?\n"
+    assert kn.question_prompt("Warsaw", "What is Warsaw?", "topic") == "Topic: Warsaw\nWhat is Warsaw?\n"
 
 
 def test_squad_normalisation_em_and_f1():

@@ -86,5 +86,5 @@ def test_qa_pairs_train_a_question_with_its_answer_in_the_probe_form():
         "Kamak\nWhat is the job of Kamak?\nbaker", "Kamak\nKamak keeps a cat.", "Kamak\nWhy?",
         "Kamak\nWhere?\nBrill"]
     assert len(knowledge.training_texts(rec, edit, with_passage=False)) == 6  # off: one line each
-    probe = knowledge.question_prompt("Kamak", "What is the job of Kamak?") + "baker"
+    probe = knowledge.question_prompt("Kamak", "What is the job of Kamak?", "topic") + "baker"
     assert probe.endswith(knowledge.training_texts(rec, edit, False, True)[0].split("\n", 1)[1])
