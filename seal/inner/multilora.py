@@ -365,7 +365,8 @@ def packing_works(model: Any) -> bool:
         except Exception as e:  # noqa: BLE001  (any failure means: train on padded rows)
             log.info("packed passes unavailable for this model (%s): training on padded rows", e)
         finally:
-            model.set_attn_implementation(before)
+            if getattr(model.config, "_attn_implementation", None) != before:
+                model.set_attn_implementation(before)
     model._seal_packing_ok = ok
     return ok
 
