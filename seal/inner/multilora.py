@@ -15,8 +15,15 @@ adapters except the frozen base, so each one trains exactly as if it were alone:
   order `train.train` walks too); one that runs out of steps stops updating while the others go on;
 - the loss is the sum over adapters of each adapter's own per-batch token mean (what the
   sequential loop's `model(**batch).loss` is), so adapter b's gradient is its own loss's gradient;
-- AdamW runs per adapter (its own lr, weight decay and step count), vectorised over the stack,
-  with exactly torch.optim.AdamW's update rule; adapters without a batch this step do not move.
+- AdamW runs per adapter (its own lr, weight decay and step count), one multi-tensor step over
+  every stacked parameter, with torch.optim.AdamW's update rule; adapters without a batch this
+  step do not move; `lr_scale` takes a learning-rate schedule's factor per step.
+
+A pass packs its rows end to end as one row where the model allows it (`Packing`,
+`packing_works`): position ids restart at each row and attention runs per row (packed_attention,
+registered with transformers' attention interface), so the linear layers, norms, MLPs, logits and
+loss compute no padding and every adapter with a step left takes it in every pass. Otherwise rows
+are padded and `pick_adapters` groups adapters whose next batches have similar lengths.
 
 `tests/integration/test_multilora.py` checks adapters, losses and answers against the sequential
 path.
@@ -76,10 +83,14 @@ def shape_key(lora: LoraConfig) -> tuple:
 
 
 class Router:
-    """Per-row adapter indices, shared by every MultiLoraLinear of a model (None: base only)."""
+    """Per-row adapter indices, shared by every MultiLoraLinear of a model (None: base only).
+    `whole`: row i uses adapter i for every i, so the layers use the stacks as they are, with no
+    per-row copies of the adapters' weights (and no scatter of their gradients)."""
 
     def __init__(self) -> None:
         self.idx: Any = None
+        self.whole = False
+        self.pack: Packing | None = None  # set while a packed pass runs: its rows' layout
 
 
 def _layer_class():
@@ -106,13 +117,258 @@ def _layer_class():
             xa = x.to(self.A.dtype)
             if self.dropout and self.training:
                 xa = torch.nn.functional.dropout(xa, self.dropout)
-            a, b = self.A[idx], self.B[idx]  # [N, r, in], [N, out, r]: gathered per row
+            if self.router.whole:
+                a, b, scale = self.A, self.B, self.scale
+            else:
+                a, b, scale = self.A[idx], self.B[idx], self.scale[idx]  # [N, r, in], [N, out, r]: per row
             shape = xa.shape
-            h = torch.bmm(xa.reshape(shape[0], -1, shape[-1]), a.transpose(1, 2))
-            delta = torch.bmm(h, b.transpose(1, 2)) * self.scale[idx].view(-1, 1, 1)
+            pack = self.router.pack
+            if pack is not None:  # [1, T, in] packed rows: this layer's bmm runs on them padded
+                xa = pack.pad_input(xa)
+            h = torch.bmm(xa.reshape(idx.shape[0], -1, shape[-1]), a.transpose(1, 2))
+            delta = torch.bmm(h, b.transpose(1, 2)) * scale.view(-1, 1, 1)
+            if pack is not None:
+                delta = pack.unpad(delta)
             return (y + delta.reshape(*shape[:-1], -1)).to(y.dtype)
 
     return MultiLoraLinear
+
+
+# --- packed passes: rows without padding ------------------------------------------------------------
+
+PACKED_ATTENTION = "seal_packed"  # the name under which transformers finds packed_attention
+
+
+_INDEX_FNS: dict[str, Any] = {}
+
+
+def _index_fns() -> dict[str, Any]:
+    """Row scatter and gather whose backward passes are each other (copies, no accumulation): what
+    index_select's own backward does with an add into zeros, which is slow on a CPU."""
+    if _INDEX_FNS:
+        return _INDEX_FNS
+    import torch
+
+    class Scatter(torch.autograd.Function):
+        """x [T, ...] -> [size, ...]: row idx[t] is x[t], the other rows 0 (idx: distinct)."""
+
+        @staticmethod
+        def forward(ctx: Any, x: Any, idx: Any, size: int) -> Any:
+            ctx.save_for_backward(idx)
+            return x.new_zeros((size, *x.shape[1:])).index_copy_(0, idx, x)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            (idx,) = ctx.saved_tensors
+            return grad.index_select(0, idx), None, None
+
+    class Gather(torch.autograd.Function):
+        """x [size, ...] -> [T, ...]: row t is x[idx[t]] (idx: distinct)."""
+
+        @staticmethod
+        def forward(ctx: Any, x: Any, idx: Any) -> Any:
+            ctx.save_for_backward(idx)
+            ctx.size = x.shape[0]
+            return x.index_select(0, idx)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            (idx,) = ctx.saved_tensors
+            return grad.new_zeros((ctx.size, *grad.shape[1:])).index_copy_(0, idx, grad), None
+
+    _INDEX_FNS.update(scatter=Scatter.apply, gather=Gather.apply)
+    return _INDEX_FNS
+
+
+class Packing:
+    """A pass's rows laid end to end as one row of T tokens (position ids restart at each row), so
+    every token-wise part of the model (the linear layers, norms, MLPs, logits, loss) computes no
+    padding. Only attention, and the LoRA layers' per-row bmm, see the rows padded to the longest
+    (W), through `pad` [T, ...] -> [N, W, ...] (padding slots 0) and `unpad` back; attention pads
+    per group of rows of similar length (`pad_groups`, `unpad_groups`)."""
+
+    def __init__(self, lengths: list[int], device: Any):
+        import torch
+
+        self.n, self.width = len(lengths), max(lengths)
+        # token t of row i (the packed row's starts[i] + j) sits in padded slot i * W + j
+        slots = [i * self.width + j for i, ln in enumerate(lengths) for j in range(ln)]
+        self.slots = torch.tensor(slots, device=device)
+        self.position_ids = torch.tensor([j for ln in lengths for j in range(ln)], device=device).unsqueeze(0)
+        self.fns = _index_fns()
+        # Attention pads per group of rows of similar length (its cost grows with rows x width^2):
+        # group g's rows sit in its own [n_g, W_g] block of one buffer of `attn_size` slots.
+        self.groups = attention_groups(lengths)
+        starts = [0]
+        for ln in lengths[:-1]:
+            starts.append(starts[-1] + ln)
+        where = [0] * sum(lengths)
+        offset = 0
+        self.group_shapes = []
+        for rows in self.groups:
+            width = max(lengths[i] for i in rows)
+            for k, i in enumerate(rows):
+                for j in range(lengths[i]):
+                    where[starts[i] + j] = offset + k * width + j
+            self.group_shapes.append((len(rows), width))
+            offset += len(rows) * width
+        self.attn_size = offset
+        self.attn_slots = torch.tensor(where, device=device)
+        self._src: Any = None
+        self._padded: Any = None
+
+    def pad_input(self, x: Any) -> Any:
+        """A LoRA layer's input [1, T, in] padded, [N, W, in]; layers that read the same tensor
+        (q, k and v projections) share one padded copy."""
+        if self._src is not x:
+            self._src, self._padded = x, self.pad(x.reshape(-1, x.shape[-1]))
+        return self._padded
+
+    def pad(self, x: Any) -> Any:
+        """[T, ...] -> [N, W, ...]"""
+        return self.fns["scatter"](x, self.slots, self.n * self.width).view(self.n, self.width, *x.shape[1:])
+
+    def unpad(self, x: Any) -> Any:
+        """[N, W, ...] -> [T, ...]"""
+        return self.fns["gather"](x.reshape(self.n * self.width, *x.shape[2:]), self.slots)
+
+    def pad_groups(self, x: Any) -> list[Any]:
+        """[T, ...] -> one [n_g, W_g, ...] per attention group"""
+        buf = self.fns["scatter"](x, self.attn_slots, self.attn_size)
+        parts = buf.split([n * w for n, w in self.group_shapes])  # views; backward is one cat
+        return [part.view(n, w, *x.shape[1:]) for part, (n, w) in zip(parts, self.group_shapes, strict=True)]
+
+    def unpad_groups(self, xs: list[Any]) -> Any:
+        """one [n_g, W_g, ...] per attention group -> [T, ...]"""
+        import torch
+
+        flat = torch.cat([x.reshape(-1, *x.shape[2:]) for x in xs]) if len(xs) > 1 else xs[0].flatten(0, 1)
+        return self.fns["gather"](flat, self.attn_slots)
+
+
+# A separate attention call per group costs about this many (token x token) units on top of its
+# rows x width^2: a heuristic for attention_groups.
+GROUP_OVERHEAD = 64 * 64
+
+
+def attention_groups(lengths: list[int]) -> list[list[int]]:
+    """Rows (indices into `lengths`) split into groups of similar length, minimising the padded
+    attention's cost, sum over groups of rows x width^2 (+ GROUP_OVERHEAD each): contiguous runs of
+    the rows sorted by length, the best split found by dynamic programming."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[k]: cost of the first k rows (longest first)
+    cut = [0] * (n + 1)
+    for k in range(1, n + 1):
+        for j in range(k):  # rows j..k-1 form the last group; its width is row j's length
+            cost = best[j] + (k - j) * lengths[order[j]] ** 2 + GROUP_OVERHEAD
+            if cost < best[k]:
+                best[k], cut[k] = cost, j
+    groups, k = [], n
+    while k > 0:
+        groups.append(order[cut[k]:k])
+        k = cut[k]
+    return groups[::-1]
+
+
+_ACTIVE_PACKING: list[Packing] = []  # the packed pass running now (packed_attention reads it)
+
+
+def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Any = None,
+                     dropout: float = 0.0, sliding_window: int | None = None, softcap: Any = None,
+                     **kwargs: Any) -> tuple[Any, None]:
+    """transformers' attention interface over a packed pass: query [1, H, T, D] and key/value
+    [1, Hkv, T, D] are padded per row, attend causally (within a sliding window where the layer has
+    one) with torch's SDPA, and are packed back: [1, T, H, D], what the interface returns. Each row
+    attends only to itself, exactly as it would alone."""
+    import torch
+    import torch.nn.functional as F
+
+    if softcap:
+        raise ValueError("packed attention does not implement logit soft-capping")
+    pack = _ACTIVE_PACKING[-1]
+    heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[-1]
+
+    def padded(t: Any) -> list[Any]:  # [1, h, T, d] -> per group [n_g, h, W_g, d]
+        return [g.transpose(1, 2) for g in pack.pad_groups(t.squeeze(0).transpose(0, 1))]
+
+    outs = []
+    for q, k, v in zip(padded(query), padded(key), padded(value), strict=True):
+        width = q.shape[2]
+        mask = None
+        if sliding_window and width > sliding_window:
+            i = torch.arange(width, device=q.device)
+            mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < sliding_window)
+        # grouped-query attention (each key/value head serving heads // kv_heads queries) inside SDPA
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                             dropout_p=dropout if module.training else 0.0, scale=scaling,
+                                             enable_gqa=kv_heads != heads)
+        outs.append(out.transpose(1, 2))  # [n_g, W_g, H, D]
+    out = pack.unpad_groups(outs)  # [T, H, D]
+    return out.reshape(1, -1, heads, dim), None
+
+
+def _no_mask(*args: Any, **kwargs: Any) -> None:
+    return None  # packed_attention builds each row's causal mask itself
+
+
+def _register_packed_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_ATTENTION, _no_mask)
+
+
+def _packed_logits(model: Any, rows: list[list[int]], lengths: list[int]) -> Any:
+    import torch
+
+    device = next(model.parameters()).device
+    pack = Packing(lengths, device)
+    ids = torch.tensor([t for r in rows for t in r], device=device).unsqueeze(0)
+    _ACTIVE_PACKING.append(pack)
+    try:
+        return model(input_ids=ids, position_ids=pack.position_ids).logits.squeeze(0)
+    finally:
+        _ACTIVE_PACKING.pop()
+
+
+def packing_works(model: Any) -> bool:
+    """Whether `model` can run packed passes: its attention goes through transformers' attention
+    interface and a packed pass gives the logits that padded rows give (checked once per model on
+    two short rows; a model that ignores position ids, or masks differently, fails the check and
+    trains on padded rows instead)."""
+    import torch
+
+    cached = getattr(model, "_seal_packing_ok", None)
+    if cached is not None:
+        return cached
+    ok = False
+    conf = model.config
+    before = getattr(conf, "_attn_implementation", None)
+    if not getattr(conf, "attn_logit_softcapping", None):
+        try:
+            _register_packed_attention()
+            model.set_attn_implementation(PACKED_ATTENTION)
+            if model.config._attn_implementation != PACKED_ATTENTION:
+                raise ValueError("the model does not take an attention implementation at run time")
+            vocab = model.config.vocab_size if hasattr(model.config, "vocab_size") else 100
+            gen = torch.Generator().manual_seed(0)
+            rows = [torch.randint(0, min(vocab, 1000), (n,), generator=gen).tolist() for n in (7, 4)]
+            with torch.no_grad():
+                packed = _packed_logits(model, rows, [7, 4])
+                model.set_attn_implementation(before)
+                ref = [model(input_ids=torch.tensor([r], device=packed.device)).logits[0] for r in rows]
+            ok = torch.allclose(packed, torch.cat(ref), rtol=1e-3, atol=1e-4)
+            if not ok:
+                log.info("packed passes unavailable for this model (packed logits differ): padded rows")
+        except Exception as e:  # noqa: BLE001  (any failure means: train on padded rows)
+            log.info("packed passes unavailable for this model (%s): training on padded rows", e)
+        finally:
+            if getattr(model.config, "_attn_implementation", None) != before:
+                model.set_attn_implementation(before)
+    model._seal_packing_ok = ok
+    return ok
 
 
 def target_names(model: Any, targets: list[str] | tuple[str, ...]) -> list[str]:
@@ -152,6 +408,7 @@ class MultiLora:
             setattr(parent, attr, layer.base)
         self.layers = {}
         self.router.idx = None
+        self.router.whole = False
 
     def set_adapter(self, i: int, weights: dict[str, tuple[Any, Any]], scale: float) -> None:
         import torch
@@ -167,11 +424,16 @@ class MultiLora:
         return {name: (layer.A[i].detach().cpu().clone(), layer.B[i].detach().cpu().clone())
                 for name, layer in self.layers.items()}
 
-    def route(self, adapter_ids: list[int] | None) -> None:
+    def route(self, adapter_ids: list[int] | None, on_device: Any = None) -> None:
+        """Route row i to adapter adapter_ids[i] (None: base only); `on_device`: the same ids as a
+        tensor on the model's device already (saves a copy)."""
         import torch
 
         dev = next(iter(self.layers.values())).A.device
-        self.router.idx = None if adapter_ids is None else torch.tensor(adapter_ids, device=dev)
+        if adapter_ids is not None and on_device is None:
+            on_device = torch.tensor(adapter_ids, device=dev)
+        self.router.idx = on_device if adapter_ids is not None else None
+        self.router.whole = adapter_ids is not None and list(adapter_ids) == list(range(self.n))
 
     def parameters(self) -> list[Any]:
         return [p for layer in self.layers.values() for p in (layer.A, layer.B)]
@@ -326,9 +588,12 @@ def choose_batch(model: Any, lora: LoraConfig, tokens: int, budget_mb: int, cap:
 # --- training -------------------------------------------------------------------------------------
 
 
-def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int) -> list[FitResult]:
+def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int, pack: bool = True) -> list[FitResult]:
     """Fit len(jobs) adapters concurrently over `model` (left unchanged); same results as fitting
-    each with `train.attach_lora` + `train.train` alone. Jobs must share `shape_key`."""
+    each with `train.attach_lora` + `train.train` alone. Jobs must share `shape_key`.
+
+    `pack`: run packed passes (rows end to end, no padding; see Packing) where the model allows
+    them (`packing_works`), else padded rows with length-aware adapter picking."""
     import torch
 
     if not jobs:
@@ -347,15 +612,21 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int) 
         rows.append([r for r in enc if any(label != IGNORE for label in r[1])])
     plans = [schedule(len(r), j.lora, j.seed) for r, j in zip(rows, jobs, strict=True)]
 
+    packed = pack and packing_works(model)
+    attn_before = getattr(model.config, "_attn_implementation", None)
     for p in frozen:
         p.requires_grad_(False)
     multi = MultiLora(model, n, first.rank, first.target_modules, first.dropout)
     was_training = model.training
     try:
+        if packed:
+            model.set_attn_implementation(PACKED_ATTENTION)
         for i, (j, init) in enumerate(zip(jobs, inits, strict=True)):
             multi.set_adapter(i, init, j.lora.alpha / j.lora.rank)
         opt = _StackedAdamW(multi.parameters(), [j.lora for j in jobs], device)
         stats = [{"steps": 0, "first_loss": float("nan"), "last_loss": float("nan")} for _ in jobs]
+        first = torch.full((n,), float("nan"), device=device)
+        last = torch.full((n,), float("nan"), device=device)
         model.train()
         pos = [0] * n  # each adapter's next step in its own schedule
         passes = tokens = padded = 0
@@ -364,36 +635,49 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int) 
             pending = {i: [rows[i][r] for r in plans[i][pos[i]]] for i in range(n) if pos[i] < len(plans[i])}
             if not pending:
                 break
-            active = pick_adapters(pending, overhead)
+            # Packed passes compute no padding, so every adapter with a step left takes it.
+            active = sorted(pending) if packed else pick_adapters(pending, overhead)
             batch_rows, owner = [], []
             for i in active:
                 batch_rows.extend(pending[i])
                 owner.extend([i] * len(pending[i]))
                 pos[i] += 1
-            batch = {k: v.to(device) for k, v in collate(batch_rows, tokenizer.pad_token_id).items()}
             passes += 1
             tokens += sum(len(ids) for ids, _ in batch_rows)
-            padded += batch["input_ids"].numel()
-            multi.route(owner)
-            logits, targets, at = labelled_logits(model, batch["input_ids"], batch["attention_mask"],
-                                                  batch["labels"])
-            losses = _per_adapter_loss(logits, targets, torch.tensor(owner, device=device)[at], n)
+            owner_t = torch.tensor(owner, device=device)
+            multi.route(owner, owner_t)
+            if packed:
+                losses = _packed_losses(model, multi, batch_rows, owner, n, device)
+                padded += sum(len(ids) for ids, _ in batch_rows)
+            else:
+                batch = {k: v.to(device) for k, v in collate(batch_rows, tokenizer.pad_token_id).items()}
+                padded += batch["input_ids"].numel()
+                logits, targets, at = labelled_logits(model, batch["input_ids"], batch["attention_mask"],
+                                                      batch["labels"])
+                losses = _per_adapter_loss(logits, targets, owner_t[at], n)
             opt.zero_grad()
             losses[active].sum().backward()
             # pos[i] - 1 is the step adapter i just took: its lr share under its own schedule.
             opt.step(active, [lr_factor(pos[i] - 1, len(plans[i]), jobs[i].lora.lr_schedule) for i in active])
-            values = losses.detach().tolist()  # one device sync per pass, not one per adapter
+            # Losses stay on the device until the end: no host sync per pass.
+            act = torch.tensor(active, device=device)
+            done = losses.detach()[act]
+            last.index_copy_(0, act, done)
+            fresh = [k for k, i in enumerate(active) if stats[i]["steps"] == 0]
+            if fresh:
+                first.index_copy_(0, act[fresh], done[fresh])
             for i in active:
-                value = values[i]
-                st = stats[i]
-                if st["steps"] == 0:
-                    st["first_loss"] = value
-                st["last_loss"] = value
-                st["steps"] += 1
-        log.info("train_many: %d adapters, %d steps in %d passes, %d tokens padded to %d",
-                 n, sum(len(p) for p in plans), passes, tokens, padded)
+                stats[i]["steps"] += 1
+        log.info("train_many: %d adapters, %d steps in %d %s passes, %d tokens computed as %d",
+                 n, sum(len(p) for p in plans), passes, "packed" if packed else "padded", tokens, padded)
+        for st, f, la in zip(stats, first.tolist(), last.tolist(), strict=True):
+            if st["steps"]:
+                st["first_loss"], st["last_loss"] = f, la
         results = [FitResult(weights=multi.get_adapter(i), stats=stats[i]) for i in range(n)]
     finally:
+        multi.router.pack = None
+        if packed:
+            model.set_attn_implementation(attn_before)
         multi.remove()
         for p, flag in frozen.items():
             p.requires_grad_(flag)
@@ -425,6 +709,34 @@ def pick_adapters(pending: dict[int, list[tuple[list[int], list[int]]]], overhea
     return sorted(by_len[:best])
 
 
+def _packed_losses(model: Any, multi: MultiLora, rows: list[tuple[list[int], list[int]]], owner: list[int],
+                   n: int, device: Any) -> Any:
+    """[n] losses of one packed pass (see _per_adapter_loss): rows end to end as one row, labels
+    shifted within each row, and (as train.labelled_logits does) the LM head run only at the
+    positions whose shifted label counts; each one's loss summed into its row's adapter."""
+    import torch
+
+    lengths = [len(ids) for ids, _ in rows]
+    pack = Packing(lengths, device)
+    ids = torch.tensor([t for r, _ in rows for t in r], device=device).unsqueeze(0)
+    shifted = torch.tensor([t for _, lab in rows for t in lab[1:] + [IGNORE]], device=device)
+    keep = shifted != IGNORE
+    tok_owner = torch.tensor([i for i, ln in zip(owner, lengths, strict=True) for _ in range(ln)], device=device)
+
+    def only_labelled(module: Any, args: tuple) -> tuple:
+        return (args[0][:, keep], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(only_labelled)
+    multi.router.pack = pack
+    _ACTIVE_PACKING.append(pack)
+    try:
+        logits = model(input_ids=ids, position_ids=pack.position_ids).logits.squeeze(0)  # a view: no copy back
+    finally:
+        _ACTIVE_PACKING.pop()
+        handle.remove()
+    return _per_adapter_loss(logits, shifted[keep], tok_owner[keep], n)
+
+
 def _per_adapter_loss(logits: Any, targets: Any, owner: Any, n: int) -> Any:
     """[n] losses: each adapter's token-mean cross-entropy over its own labelled positions
     (train.labelled_logits: logits [K, vocab], targets [K], owner [K]; logits upcast to fp32)."""
@@ -438,13 +750,22 @@ def _per_adapter_loss(logits: Any, targets: Any, owner: Any, n: int) -> Any:
 
 
 class _StackedAdamW:
-    """torch.optim.AdamW's update (single-tensor path, no amsgrad), per adapter along dim 0 of each
-    stacked parameter: lr, weight decay and step count are per adapter; inactive ones stay put."""
+    """torch.optim.AdamW's update (no amsgrad), per adapter along dim 0 of each stacked parameter:
+    lr, weight decay and step count are per adapter; inactive ones stay put.
+
+    One multi-tensor (torch._foreach_*) step over every stacked parameter at once, with per-adapter
+    factors as [n, 1, 1] tensors (every stacked parameter is 3-d): an inactive adapter gets
+    weight-decay factor 1, first-moment weight 0, second-moment factor 1 and step size 0, and its
+    gradient is exactly zero (its rows were not in the pass), so it does not move; no gathers or
+    copies of the active slices. `lr_scale` multiplies each active adapter's lr for this step (a
+    learning-rate schedule: one factor for all, or one per active adapter), applied as
+    torch.optim.AdamW applies a scheduler's lr (weight decay uses the scheduled lr too)."""
 
     def __init__(self, params: list[Any], loras: list[LoraConfig], device: Any):
         import torch
 
         self.params = params
+        self.n = len(loras)
         self.lr = torch.tensor([lo.lr for lo in loras], dtype=torch.float64)
         self.wd = torch.tensor([lo.weight_decay for lo in loras], dtype=torch.float64)
         self.step_count = torch.zeros(len(loras), dtype=torch.float64)
@@ -456,48 +777,57 @@ class _StackedAdamW:
         for p in self.params:
             p.grad = None
 
-    def step(self, active: list[int], lr_scale: list[float] | None = None) -> None:
+    def step(self, active: list[int], lr_scale: float | list[float] | None = None) -> None:
         """One AdamW step of the active adapters; lr_scale: each one's share of its lr this step
-        (train.lr_factor), as a scheduler would set it on torch's AdamW."""
+        (train.lr_factor; one float for all, or one per active adapter), as a scheduler would set
+        it on torch's AdamW."""
         import torch
 
-        everyone = len(active) == len(self.lr)
-        idx = torch.tensor(active, device=self.device)
-        self.step_count[active] += 1
-        t = self.step_count[active]
-        lr, wd = self.lr[active], self.wd[active]
+        params = [p for p in self.params if p.grad is not None]
+        if not params:
+            return
+        on = torch.zeros(self.n, dtype=torch.bool)
+        on[active] = True
+        self.step_count[on] += 1
+        lr = self.lr.clone()
         if lr_scale is not None:
-            lr = lr * torch.tensor(lr_scale, dtype=torch.float64)
+            lr[active] *= torch.as_tensor(lr_scale, dtype=torch.float64)
+        t = self.step_count.clamp(min=1)
         # The scalars torch computes in Python floats (float64), then applies in the param dtype.
-        decay = (1 - lr * wd)
-        step_size = lr / (1 - BETA1 ** t)
+        # Inactive adapters: decay 1, moment weights that leave m and v as they are, step size 0.
+        zero, one = torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
+        decay = torch.where(on, 1 - lr * self.wd, one)
+        w1 = torch.where(on, torch.full_like(lr, 1 - BETA1), zero)
+        b2 = torch.where(on, torch.full_like(lr, BETA2), one)
+        step_size = torch.where(on, lr / (1 - BETA1 ** t), zero)
         bc2_sqrt = (1 - BETA2 ** t).sqrt()
+        p0 = params[0]
+        # one host->device copy for all five factors
+        f = torch.stack([decay, w1, b2, step_size, bc2_sqrt]).to(device=p0.device, dtype=p0.dtype)
+        k = len(params)
+        decay, w1, b2, step_size, bc2_sqrt = ([x.view(-1, 1, 1)] * k for x in f)  # per-tensor lists
+        keep = [i for i, p in enumerate(self.params) if p.grad is not None]
+        grads = [self.params[i].grad for i in keep]
+        ms, vs = [self.m[i] for i in keep], [self.v[i] for i in keep]
         with torch.no_grad():
-            for p, m, v in zip(self.params, self.m, self.v, strict=True):
-                if p.grad is None:
-                    continue
-                view = (-1,) + (1,) * (p.dim() - 1)
-                dt = dict(device=p.device, dtype=p.dtype)
-                if everyone:  # the common case: the same arithmetic in place, without the copies
-                    g = p.grad
-                    p.mul_(decay.to(**dt).view(view))
-                    m.lerp_(g, 1 - BETA1)
-                    v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
-                    denom = (v.sqrt() / bc2_sqrt.to(**dt).view(view)).add_(EPS)
-                    p.sub_(step_size.to(**dt).view(view) * m / denom)
-                    continue
-                g = p.grad[idx]
-                pa = p[idx] * decay.to(**dt).view(view)
-                ma = m[idx].lerp(g, 1 - BETA1)
-                va = v[idx].mul(BETA2).addcmul(g, g, value=1 - BETA2)
-                denom = (va.sqrt() / bc2_sqrt.to(**dt).view(view)).add(EPS)
-                pa = pa - step_size.to(**dt).view(view) * ma / denom
-                p.index_copy_(0, idx, pa)
-                m.index_copy_(0, idx, ma)
-                v.index_copy_(0, idx, va)
+            torch._foreach_mul_(params, decay)
+            torch._foreach_lerp_(ms, grads, w1)
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1 - BETA2)
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_div_(denom, bc2_sqrt)
+            torch._foreach_add_(denom, EPS)
+            upd = torch._foreach_div(ms, denom)
+            torch._foreach_mul_(upd, step_size)
+            torch._foreach_sub_(params, upd)
 
 
 # --- training all jobs, B at a time ----------------------------------------------------------------
+
+# fit_jobs runs packed passes where the model allows them; bench/inner_loop.py turns this off for
+# its padded-passes arm, to measure what packing gains in the same run.
+PACKED_PASSES = True
+
 
 
 def fit_jobs(model: Any, tokenizer: Any, jobs: list[FitJob], inner: Any,
@@ -517,7 +847,7 @@ def fit_jobs(model: Any, tokenizer: Any, jobs: list[FitJob], inner: Any,
         for start in range(0, len(members), b):
             chunk = members[start: start + b]
             t0 = time.perf_counter()
-            out = train_many(model, tokenizer, [jobs[i] for i in chunk], max_length)
+            out = train_many(model, tokenizer, [jobs[i] for i in chunk], max_length, pack=PACKED_PASSES)
             share = (time.perf_counter() - t0) / len(chunk)
             for i, res in zip(chunk, out, strict=True):
                 results[i], seconds[i] = res, share

@@ -187,3 +187,55 @@ def test_fast_init_is_peft_init(tiny_model):
         ref, fast = peft_init(model, lora, seed), fast_init(model, lora, seed)
         assert ref.keys() == fast.keys()
         assert all(torch.equal(ref[k][0], fast[k][0]) and torch.equal(ref[k][1], fast[k][1]) for k in ref)
+
+
+def test_packed_passes_match_padded_ones(tiny_model):
+    """Packed passes (rows end to end, each attending only to itself) train the same adapters as
+    padded rows; the tiny model supports them, so the default path is the packed one."""
+    from seal.inner.multilora import packing_works
+
+    model, tok = tiny_model
+    assert packing_works(model)
+    impl = model.config._attn_implementation
+    jobs = _jobs()
+    packed = train_many(model, tok, jobs, max_length=64, pack=True)
+    padded = train_many(model, tok, jobs, max_length=64, pack=False)
+    assert model.config._attn_implementation == impl  # put back
+    for a, b in zip(packed, padded, strict=True):
+        assert a.stats["steps"] == b.stats["steps"]
+        assert a.stats["last_loss"] == pytest.approx(b.stats["last_loss"], rel=1e-5)
+        for name, (wa, wb) in a.weights.items():
+            torch.testing.assert_close(wa, b.weights[name][0], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(wb, b.weights[name][1], rtol=1e-4, atol=1e-6)
+
+
+def test_stacked_adamw_is_torch_adamw_per_adapter_with_lr_scale():
+    """One step of the stacked optimiser on 3 adapters, 2 of them active with a scaled lr (a
+    learning-rate schedule's factor), equals torch.optim.AdamW with that lr on each active
+    adapter's slice; the inactive adapter does not move."""
+    from seal.inner.multilora import _StackedAdamW
+
+    torch.manual_seed(0)
+    loras = [LoraConfig(lr=1e-2, weight_decay=0.1), LoraConfig(lr=3e-3), LoraConfig(lr=5e-3, weight_decay=0.01)]
+    stacked = [torch.nn.Parameter(torch.randn(3, 4, 5)), torch.nn.Parameter(torch.randn(3, 6, 4))]
+    start = [p.detach().clone() for p in stacked]
+    opt = _StackedAdamW(stacked, loras, torch.device("cpu"))
+    grads = [[torch.randn_like(p) for p in stacked] for _ in range(2)]
+    for step, scale in enumerate((0.5, [0.25, 1.0])):
+        for p, g in zip(stacked, grads[step], strict=True):
+            p.grad = g.clone()
+            p.grad[1] = 0  # adapter 1 had no rows in these passes
+        opt.step([0, 2], lr_scale=scale)
+    for i, factors in ((0, (0.5, 0.25)), (2, (0.5, 1.0))):
+        alone = [torch.nn.Parameter(s[i].clone()) for s in start]
+        ref = torch.optim.AdamW(alone, lr=loras[i].lr, weight_decay=loras[i].weight_decay, foreach=False)
+        for step, factor in enumerate(factors):
+            for group in ref.param_groups:
+                group["lr"] = loras[i].lr * factor
+            for p, g in zip(alone, grads[step], strict=True):
+                p.grad = g[i].clone()
+            ref.step()
+        for p, q in zip(stacked, alone, strict=True):
+            torch.testing.assert_close(p[i], q, rtol=1e-6, atol=1e-7)
+    for p, s in zip(stacked, start, strict=True):
+        assert torch.equal(p[1], s[1])
