@@ -340,6 +340,10 @@ def cmd_eval_knowledge(args: argparse.Namespace) -> int:
             print(f"{args.out}: shards {args.shard[0]}-{args.shard[-1]} done; others remain" if args.shard
                   else f"{args.out}: shards remain")
             return 0
+    return print_table(args, out, table)
+
+
+def print_table(args: argparse.Namespace, out: Any, table: dict[str, Any]) -> int:
     print(knowledge_eval.table_text(table))
     print(f"results: {out.uri}/table.json (per question: {out.uri}/results/)")
     if args.plot:
@@ -380,11 +384,7 @@ def eval_other_setting(args: argparse.Namespace, out: Any, setting: str) -> int:
     if table is None:
         print(f"{args.out}: " + ("updates trained" if args.train else "shards done") + "; others remain")
         return 0
-    print(knowledge_eval.table_text(table))
-    print(f"results: {out.uri}/table.json (per question: {out.uri}/results/)")
-    if args.plot:
-        print(f"plot: {knowledge_eval.plot(table, args.plot)}")
-    return 0
+    return print_table(args, out, table)
 
 
 def cmd_init(args: argparse.Namespace) -> int:

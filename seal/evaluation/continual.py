@@ -39,7 +39,7 @@ from typing import Any
 
 from seal.config import RunConfig
 from seal.errors import ConfigError
-from seal.evaluation.knowledge import Evaluator, read_spec, result_line, row_edits
+from seal.evaluation.knowledge import Evaluator, read_spec, result_line, row_edits, store_figure, wanted_shards
 from seal.inner import train
 from seal.inner.score import score_records
 from seal.report import save_figure, text_table
@@ -95,8 +95,7 @@ def run_unit(out: Store, ev: Evaluator, spec: dict[str, Any], records: list[dict
         else:
             examples = knowledge.inner_job(rec, text, cfg.task, cfg.inner).examples
         seed = derive_seed(cfg.seed, "continual-step", spec["shards"][unit]["sequence"], t)
-        peft_model = train.attach_lora(model, cfg.inner, seed)
-        stats = train.train(peft_model, tok, list(examples), cfg.inner, seed, cfg.model.max_length)
+        peft_model, stats = train.lora_update(model, tok, list(examples), cfg.inner, seed, cfg.model.max_length)
         with tempfile.TemporaryDirectory(prefix="seal-continual-") as tmp:
             peft_model.save_pretrained(tmp)
             out.put_dir(continual_step_key(unit, t), tmp)
@@ -230,10 +229,7 @@ def evaluate(out_uri: str, shards: list[int] | None = None) -> dict[str, Any] | 
     if spec.get("setting") != "continual":
         raise ConfigError(f"{out.uri}/eval.json is not a continual evaluation "
                           f"(setting {spec.get('setting', 'single')!r})")
-    wanted = range(len(spec["shards"])) if shards is None else shards
-    for s in wanted:
-        if not 0 <= s < len(spec["shards"]):
-            raise ConfigError(f"--shard {s} is out of range: this evaluation has {len(spec['shards'])} units")
+    wanted = wanted_shards(spec, shards)
     ev = Evaluator(cfg)
     for u in wanted:
         run_unit(out, ev, spec, records, u)
@@ -244,8 +240,7 @@ def evaluate(out_uri: str, shards: list[int] | None = None) -> dict[str, Any] | 
 
 
 def write_matrix(out: Store) -> dict[str, Any]:
+    """join, then the heat map beside matrix.json in the store."""
     result = join(out)
-    with tempfile.TemporaryDirectory(prefix="seal-continual-") as tmp:
-        png = heatmap(result, Path(tmp) / EVAL_HEATMAP)
-        out.write_bytes(EVAL_HEATMAP, png.read_bytes())
+    store_figure(out, EVAL_HEATMAP, heatmap, result)
     return result

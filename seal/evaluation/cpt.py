@@ -32,7 +32,7 @@ from typing import Any
 
 from seal.config import RunConfig
 from seal.errors import ConfigError
-from seal.evaluation.knowledge import Evaluator, read_spec, result_line, row_edits, write_table
+from seal.evaluation.knowledge import Evaluator, read_spec, result_line, row_edits, wanted_shards, write_table
 from seal.inner import train
 from seal.inner.score import score_records
 from seal.models.loading import choose_placement, load_model
@@ -84,8 +84,8 @@ def train_row(out: Store, ev: Evaluator, spec: dict[str, Any], records: list[dic
             tok.save_pretrained(tmp)
             del model
         else:
-            peft_model = train.attach_lora(ev.base.policy_model(0), cfg.inner, seed)
-            stats = train.train(peft_model, tok, examples, cfg.inner, seed, cfg.model.max_length)
+            peft_model, stats = train.lora_update(ev.base.policy_model(0), tok, examples, cfg.inner, seed,
+                                                  cfg.model.max_length)
             peft_model.save_pretrained(tmp)
             peft_model.unload()  # strips the LoRA layers: the shared base is as before
         out.put_dir(cpt_update_key(row_i), tmp)
@@ -163,10 +163,7 @@ def evaluate(out_uri: str, shards: list[int] | None = None, train_only: bool = F
     spec, cfg, records = read_spec(out)
     if spec.get("setting") != "cpt":
         raise ConfigError(f"{out.uri}/eval.json is not a CPT evaluation (setting {spec.get('setting', 'single')!r})")
-    wanted = range(len(spec["shards"])) if shards is None else shards
-    for s in wanted:
-        if not 0 <= s < len(spec["shards"]):
-            raise ConfigError(f"--shard {s} is out of range: this evaluation has {len(spec['shards'])} shards")
+    wanted = wanted_shards(spec, shards)
     ev = Evaluator(cfg)
     if shards is None or train_only:
         for i in range(len(spec["rows"])):

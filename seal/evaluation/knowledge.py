@@ -473,10 +473,7 @@ def evaluate(out_uri: str, cfg: RunConfig | None = None, shards: list[int] | Non
     if cfg is not None:
         plan(out, cfg, **plan_args)
     spec, ecfg, records = read_spec(out)
-    wanted = range(len(spec["shards"])) if shards is None else shards
-    for s in wanted:
-        if not 0 <= s < len(spec["shards"]):
-            raise ConfigError(f"--shard {s} is out of range: this evaluation has {len(spec['shards'])} shards")
+    wanted = wanted_shards(spec, shards)
     todo = [s for s in wanted if s not in done_shards(out)]
     if todo:
         ev = Evaluator(ecfg)
@@ -491,10 +488,23 @@ def evaluate(out_uri: str, cfg: RunConfig | None = None, shards: list[int] | Non
     return write_table(out)
 
 
+def wanted_shards(spec: dict[str, Any], shards: list[int] | None) -> list[int]:
+    """The shards asked for (None: all), each checked against the plan."""
+    for s in shards or []:
+        if not 0 <= s < len(spec["shards"]):
+            raise ConfigError(f"--shard {s} is out of range: this evaluation has {len(spec['shards'])} shards")
+    return list(range(len(spec["shards"]))) if shards is None else shards
+
+
+def store_figure(out: Store, key: str, draw: Any, result: dict[str, Any]) -> None:
+    """Draw `result` to a temporary PNG with `draw(result, path)` and put it in the store at `key`."""
+    with tempfile.TemporaryDirectory(prefix="seal-eval-") as tmp:
+        png = draw(result, Path(tmp) / Path(key).name)
+        out.write_bytes(key, png.read_bytes())
+
+
 def write_table(out: Store) -> dict[str, Any]:
     """join, then the plot beside table.json in the store."""
     table = join(out)
-    with tempfile.TemporaryDirectory(prefix="seal-eval-") as tmp:
-        png = plot(table, Path(tmp) / EVAL_PLOT)
-        out.write_bytes(EVAL_PLOT, png.read_bytes())
+    store_figure(out, EVAL_PLOT, plot, table)
     return table
