@@ -14,7 +14,7 @@ $(BIN)/seal: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install -e ".[test,real]"
 	touch $@
 
 install: $(BIN)/seal  ## create .venv and install seal with its test tools

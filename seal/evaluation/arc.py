@@ -28,7 +28,7 @@ from seal.inner.score import score_model
 from seal.report import text_table
 from seal.seeds import derive_seed
 from seal.stages.adapt import Candidate, candidate_rows
-from seal.stages.runs import last_policy_round, load_run, policy_has_adapter
+from seal.stages.runs import last_policy_round, load_run, policy_has_adapter, stored_config
 from seal.stages.runtime import Runtime
 from seal.stages.sample import sample_edits
 from seal.store import Store
@@ -49,7 +49,7 @@ LABELS = {
 def latest_policy_round(run_uri: str, cfg: RunConfig) -> tuple[Store, int]:
     """The run and its last round whose M-step finished; the run must share the evaluation's base model."""
     run, meta = load_run(run_uri, "give the URI of a `seal run` run")
-    base = meta["config"]["model"]["base"]
+    base = stored_config(run, meta).model.base
     if base != cfg.model.base:
         raise ConfigError(f"--run {run_uri} trained on model {base!r}, but the config's model.base is "
                           f"{cfg.model.base!r}: evaluate with the run's base model")

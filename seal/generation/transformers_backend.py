@@ -63,9 +63,11 @@ class TransformersGenerator:
             self.route(adapters)
         with torch.no_grad():
             for _ in range(params.max_new_tokens):
+                # logits_to_keep=1: only the last position's logits; a prompt's full logits would
+                # be 1 MB per token with Gemma 3's 262k vocabulary, and the head most of the compute.
                 res = model(
                     input_ids=step_ids, attention_mask=mask, position_ids=pos,
-                    past_key_values=past, use_cache=True,
+                    past_key_values=past, use_cache=True, logits_to_keep=1,
                 )
                 past = res.past_key_values
                 logits = res.logits[:, -1, :].float().cpu()
@@ -111,9 +113,26 @@ class TransformersGenerator:
             return int(logits.argmax())
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
+            sorted_p, order = _descending(probs, params.top_p)
             # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
             drop = sorted_p.cumsum(-1) - sorted_p >= params.top_p
             sorted_p[drop] = 0.0
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
         return int(torch.multinomial(probs, 1, generator=gen))
+
+
+# Above this vocabulary size a full sort per sampled token costs more than the model step
+# (Gemma 3's 262k: 44 ms against 2 ms for the top 1,024, measured on one core).
+LARGE_VOCAB = 65536
+NUCLEUS_CANDIDATES = 1024
+
+
+def _descending(probs: Any, top_p: float) -> tuple[Any, Any]:
+    """probs sorted in descending order with their indices, as far as the nucleus reaches: the
+    top NUCLEUS_CANDIDATES when their mass already reaches top_p (every later token would be
+    dropped), else the full sort. The kept tokens and their probabilities are the full sort's."""
+    if probs.numel() > LARGE_VOCAB:
+        top, order = probs.topk(NUCLEUS_CANDIDATES)
+        if float(top.cumsum(-1)[-1]) >= top_p:
+            return top, order
+    return probs.sort(descending=True)

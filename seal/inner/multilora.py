@@ -33,7 +33,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seal.config import LoraConfig
-from seal.inner.train import IGNORE, Example, attach_lora, collate, encode, lr_factor, peft_config, schedule
+from seal.inner.train import (
+    IGNORE,
+    Example,
+    attach_lora,
+    collate,
+    encode,
+    labelled_logits,
+    lr_factor,
+    peft_config,
+    schedule,
+)
 from seal.seeds import seed_everything
 
 log = logging.getLogger(__name__)
@@ -365,8 +375,9 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int) 
             tokens += sum(len(ids) for ids, _ in batch_rows)
             padded += batch["input_ids"].numel()
             multi.route(owner)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            losses = _per_adapter_loss(logits, batch["labels"], torch.tensor(owner, device=device), n)
+            logits, targets, at = labelled_logits(model, batch["input_ids"], batch["attention_mask"],
+                                                  batch["labels"])
+            losses = _per_adapter_loss(logits, targets, torch.tensor(owner, device=device)[at], n)
             opt.zero_grad()
             losses[active].sum().backward()
             # pos[i] - 1 is the step adapter i just took: its lr share under its own schedule.
@@ -414,16 +425,15 @@ def pick_adapters(pending: dict[int, list[tuple[list[int], list[int]]]], overhea
     return sorted(by_len[:best])
 
 
-def _per_adapter_loss(logits: Any, labels: Any, owner: Any, n: int) -> Any:
-    """[n] losses: each adapter's token-mean cross-entropy over its own rows (HF's causal LM loss:
-    labels shifted left by one, IGNORE skipped, logits upcast to fp32)."""
+def _per_adapter_loss(logits: Any, targets: Any, owner: Any, n: int) -> Any:
+    """[n] losses: each adapter's token-mean cross-entropy over its own labelled positions
+    (train.labelled_logits: logits [K, vocab], targets [K], owner [K]; logits upcast to fp32)."""
     import torch
     import torch.nn.functional as F
 
-    shift = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
-    tok = F.cross_entropy(logits.float().transpose(1, 2), shift, ignore_index=IGNORE, reduction="none")
-    sums = torch.zeros(n, device=logits.device).index_add(0, owner, tok.sum(1))
-    counts = torch.zeros(n, device=logits.device).index_add(0, owner, (shift != IGNORE).sum(1).float())
+    tok = F.cross_entropy(logits.float(), targets, reduction="none")
+    sums = torch.zeros(n, device=logits.device).index_add(0, owner, tok)
+    counts = torch.zeros(n, device=logits.device).index_add(0, owner, torch.ones_like(tok))
     return sums / counts.clamp(min=1)
 
 

@@ -28,20 +28,25 @@ class Example:
     prompt: str = ""
 
 
+def leading_specials(tokenizer: Any) -> list[int]:
+    """[bos] when the tokenizer starts every text it encodes with BOS (Gemma, Llama), else []: the
+    trained rows then begin as the prompts generation feeds the model do (Gemma without its BOS
+    answers badly). Tokenizers that add none (Qwen, seal's tiny ones) are unchanged."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer("")["input_ids"][:1] == [bos] else []
+
+
 def encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids and labels (prompt tokens masked), with EOS so the model learns to stop.
 
-    The example's start is tokenized as the generation backends tokenize a prompt, with the
-    tokenizer's special tokens (Llama 3's BOS), so a model trains on the token sequences it is
-    later prompted with; the continuation gets none.
+    A row starts as the generation backends start a prompt, with the tokenizer's leading special
+    tokens (Gemma's and Llama 3's BOS), so a model trains on the token sequences it is later
+    prompted with; the continuation gets none.
     """
-    first = example.prompt or example.text
-    first_ids = tokenizer(first)["input_ids"]
+    prompt_ids = leading_specials(tokenizer)
     if example.prompt:
-        prompt_ids = first_ids
-        text_ids = tokenizer(example.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    else:
-        prompt_ids, text_ids = [], first_ids + [tokenizer.eos_token_id]
+        prompt_ids = prompt_ids + tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+    text_ids = tokenizer(example.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (prompt_ids + text_ids)[:max_length]
     labels = ([IGNORE] * len(prompt_ids) + text_ids)[:max_length]
     return ids, labels
@@ -60,6 +65,43 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, A
         labels[i, : len(y)] = torch.tensor(y)
         mask[i, : len(x)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def labelled_logits(model: Any, input_ids: Any, attention_mask: Any, labels: Any) -> tuple[Any, Any, Any]:
+    """The model's next-token logits at the positions whose shifted label counts, only there:
+    (logits [K, vocab], their targets [K], the batch row of each [K]).
+
+    With a 262k vocabulary (Gemma 3) the LM head is most of a small model's compute and its
+    logits most of its memory: 1 MB per position in fp32. Prompts (masked in SFT) and padding
+    need none, so a pre-hook hands the head only the labelled positions' hidden states; whatever
+    the model does to the head's output (Gemma's soft-capping) still applies, element by element.
+    The loss is then HF's causal LM loss exactly (labels shifted left by one, IGNORE skipped).
+    """
+    import torch.nn.functional as F
+
+    shift = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
+    keep = shift != IGNORE
+
+    def only_labelled(module: Any, args: tuple) -> tuple:
+        hidden = args[0]
+        if hidden.shape[:2] != keep.shape:
+            raise RuntimeError(f"LM head input {tuple(hidden.shape)} does not match the batch {tuple(keep.shape)}")
+        return (hidden[keep], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(only_labelled)
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    finally:
+        handle.remove()
+    return logits, shift[keep], keep.nonzero()[:, 0]
+
+
+def causal_lm_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Token-mean cross-entropy over the batch's labelled positions (HF's `model(**batch).loss`)."""
+    import torch.nn.functional as F
+
+    logits, targets, _ = labelled_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return F.cross_entropy(logits.float(), targets)
 
 
 def peft_config(lora: LoraConfig) -> Any:
@@ -150,7 +192,7 @@ def train(peft_model: Any, tokenizer: Any, examples: list[Example], lora: LoraCo
         for batch_rows in group:
             batch = collate([rows[i] for i in batch_rows], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = peft_model(**batch).loss
+            loss = causal_lm_loss(peft_model, batch)
             (loss / len(group) if len(group) > 1 else loss).backward()
             losses.append(float(loss.detach()))
         opt.step()

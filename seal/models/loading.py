@@ -1,5 +1,6 @@
-"""Loading causal LMs: a local folder, an s3:// prefix, a hub name, or a model seal builds itself
-(tiny random models, seal.models.tiny; the world's warm-started model, seal.models.warmstart).
+"""Loading causal LMs: a local folder, an s3:// prefix, a hub name, a GGUF file or model package
+(converted once into the cache, seal.models.gguf), or a model seal builds itself (tiny random
+models, seal.models.tiny; the world's warm-started model, seal.models.warmstart).
 
 torch and transformers are imported inside the functions so that `seal --help`, config checks and
 the store work without them loaded, and so GPU-only code paths never run at import time.
@@ -17,6 +18,7 @@ from typing import Any
 
 from seal.errors import ConfigError
 from seal.models.cache import cache_dir, mkparent, publish
+from seal.models.gguf import PYPI_PREFIX, is_gguf_spec, resolve_gguf
 from seal.models.tiny import TINY_PREFIX, resolve_tiny_model
 from seal.models.warmstart import resolve_world_model
 from seal.store import open_store
@@ -52,6 +54,7 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
 BUILDERS: dict[str, Callable[[str], str]] = {
     TINY_PREFIX: resolve_tiny_model,
     WORLD_PREFIX: resolve_world_model,
+    PYPI_PREFIX: resolve_gguf,
 }
 
 
@@ -60,6 +63,8 @@ def resolve_model(spec: str) -> str:
     for prefix, build in BUILDERS.items():
         if spec.startswith(prefix):
             return build(spec)
+    if is_gguf_spec(spec):  # a .gguf path or store URI: converted once into the cache
+        return resolve_gguf(spec)
     if spec.startswith("s3://"):
         path = cache_dir() / "models" / hashlib.sha256(spec.encode()).hexdigest()[:16]
         if not (path / "config.json").exists():

@@ -11,7 +11,7 @@ from seal.config import RunConfig
 from seal.generation.backend import backend_name
 from seal.inner.fit import Fit, run_fits
 from seal.seeds import derive_seed
-from seal.stages.runs import adapters_key, check_shard, read_edits, read_plan, shard_key
+from seal.stages.runs import adapters_key, check_shard, read_edits, read_plan, shard_key, should_write
 from seal.stages.runtime import Runtime
 from seal.store import Store
 from seal.tasks.base import Task
@@ -78,18 +78,22 @@ def candidate_rows(model: Any, tokenizer: Any, task: Task, records: list[dict[st
 
 
 @metrics.stage("adapt", sharded=True)
-def adapt_shard(rt: Runtime, round_: int, shard: int, progress: Any = None) -> bool:
-    """The inner loop for one shard of candidates; returns False if it was already done."""
+def adapt_shard(rt: Runtime, round_: int, shard: int, progress: Any = None, redo: bool = False) -> bool:
+    """The inner loop for one shard of candidates; returns False if it was already done (a
+    damaged shard of an unfinished round is redone; `redo` redoes a sound one too)."""
     key = shard_key(round_, "scores", shard)
-    if rt.run.exists(key):
-        return False
     cfg = rt.cfg
     plan = read_plan(rt.run, round_)
     check_shard(plan["adapt_shards"], shard, "adapt")
+    if not should_write(rt.run, plan, round_, "scores", shard, redo):
+        return False
     pairs = [tuple(p) for p in plan["adapt_shards"][shard]]
     edits = read_edits(rt.run, plan, round_, {c for c, _ in pairs})
     cands = [Candidate(context=c, k=k, text=edits[(c, k)]["text"]) for c, k in pairs]
     adapters = rt.run.child(adapters_key(round_)) if cfg.inner.keep_adapters != "none" else None
+    if adapters is not None and rt.run.exists(key):
+        for c, k in pairs:  # adapters are write-once: a redo replaces the shard's old ones
+            adapters.delete(f"{c}/{k}")
     rows = candidate_rows(rt.policy_model(round_), rt.tokenizer, rt.task, rt.records, cands, cfg, round_, adapters,
                           merged=rt.has_policy_adapter(round_), baselines=True)
     for row in rows:

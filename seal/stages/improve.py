@@ -20,17 +20,22 @@ from seal.inner import train
 from seal.seeds import derive_seed
 from seal.stages.runs import (
     adapters_key,
+    fetch_policy,
     kept_key,
+    plan_key,
     policy_has_adapter,
     policy_key,
-    policy_meta_key,
     read_edits,
+    read_kept,
     read_plan,
+    read_policy_meta,
     read_scores,
+    read_summary,
+    round_finished,
     summary_key,
 )
 from seal.stages.runtime import Runtime
-from seal.store import Store
+from seal.store import Store, sha256
 
 
 def filter_scores(scores: list[dict[str, Any]], rule: FilterConfig) -> list[dict[str, Any]]:
@@ -78,17 +83,21 @@ def m_step(base_model: Any, tokenizer: Any, rows: list[dict[str, Any]], cfg: Any
 
 
 @metrics.stage("improve")
-def improve_round(rt: Runtime, round_: int) -> dict[str, Any]:
-    """Join scores, filter, run the M-step, write kept.jsonl, policy/ and summary.json (last)."""
+def improve_round(rt: Runtime, round_: int, redo: bool = False) -> dict[str, Any]:
+    """Join scores, filter, run the M-step, write kept.jsonl, policy/ and summary.json (last).
+    `redo` recomputes all three (the seeds are the run's, so the same edits are kept)."""
     run, cfg = rt.run, rt.cfg
-    if run.exists(summary_key(round_)):
-        return run.read_json(summary_key(round_))
+    if redo:
+        for key in (summary_key(round_), kept_key(round_), policy_key(round_)):
+            run.delete(key)  # summary first: the round stops counting as finished
+    if round_finished(run, round_):
+        return read_summary(run, round_)
     t0 = time.perf_counter()
     plan = read_plan(run, round_)
     scores = read_scores(run, plan, round_)
     edits = read_edits(run, plan, round_, set(plan["contexts"]))
     if run.exists(kept_key(round_)):
-        kept = run.read_jsonl(kept_key(round_))
+        kept = read_kept(run, round_)
     else:
         kept = sft_rows(filter_scores(scores, cfg.filter), edits)
         run.write_jsonl(kept_key(round_), kept)
@@ -99,6 +108,8 @@ def improve_round(rt: Runtime, round_: int) -> dict[str, Any]:
     baselines = {r["context"]: r["baseline"] for r in scores}
     summary = {
         "round": round_,
+        # The plan is a JSON object without an end record: its hash here lets `seal verify` check it.
+        "plan_sha256": sha256(run.read_bytes(plan_key(round_))),
         "contexts": len(plan["contexts"]),
         "candidates": len(scores),
         "mean_reward": sum(rewards) / len(rewards),
@@ -124,12 +135,12 @@ def write_policy(rt: Runtime, round_: int, kept: list[dict[str, Any]]) -> dict[s
     run, cfg = rt.run, rt.cfg
     key = policy_key(round_)
     if run.exists(key):
-        return run.read_json(policy_meta_key(round_))
+        return read_policy_meta(run, round_)
     previous = round_ > 0 and policy_has_adapter(run, round_ - 1)
     with tempfile.TemporaryDirectory(prefix="seal-mstep-") as tmp, \
             tempfile.TemporaryDirectory(prefix="seal-prev-") as prev_dir:
         if previous and cfg.mstep.init == "previous":
-            run.get_dir(policy_key(round_ - 1), prev_dir)
+            fetch_policy(run, round_ - 1, prev_dir)
         if kept:
             rt.release()  # the M-step trains a fresh copy of the base: drop the merged policy
             stats = m_step(rt.load_base(), rt.tokenizer, kept, cfg, derive_seed(cfg.seed, "mstep", round_),

@@ -11,7 +11,7 @@ from seal.errors import SealError
 from seal.stages.adapt import adapt_shard
 from seal.stages.improve import improve_round
 from seal.stages.plan import plan_round
-from seal.stages.runs import init_run, set_status, summaries, summary_key
+from seal.stages.runs import init_run, record_failure, set_status, summaries, summary_key
 from seal.stages.runtime import Runtime
 from seal.stages.sample import sample_shard
 from seal.store import open_store
@@ -50,7 +50,7 @@ def run_local(cfg: RunConfig) -> list[dict[str, Any]]:
             summary = improve_round(rt, r)
             log.info("round %d: mean reward %.3f, kept %d", r, summary["mean_reward"], summary["kept"])
     except SealError as e:
-        set_status(run, "failed", str(e))
+        record_failure(run, e)  # never replaces `e`: a dead store fails both
         raise
     rows = summaries(run)[: cfg.rounds]
     set_status(run, "succeeded")

@@ -6,14 +6,18 @@ from these lists, and they must stay small enough for the workflow object (etcd 
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 from seal import metrics
 from seal.config import RunConfig
+from seal.errors import DataError
 from seal.seeds import derive_seed
-from seal.stages.runs import plan_key
+from seal.stages.runs import damaged, load_plan, plan_key, round_finished
 from seal.stages.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 def choose_contexts(n_available: int, per_round: int, run_seed: int, round_: int) -> list[int]:
@@ -49,11 +53,18 @@ def shard_indices(plan: dict[str, Any]) -> dict[str, list[int]]:
 
 
 @metrics.stage("plan")
-def plan_round(rt: Runtime, round_: int) -> dict[str, Any]:
-    """Write round r's plan.json once; a rerun returns the plan already written."""
+def plan_round(rt: Runtime, round_: int, redo: bool = False) -> dict[str, Any]:
+    """Write round r's plan.json once; a rerun returns the plan already written. A damaged plan
+    is rewritten (the plan is a pure function of the config) unless its round is finished;
+    `redo` rewrites it regardless."""
     key = plan_key(round_)
-    if rt.run.exists(key):
-        return rt.run.read_json(key)
+    if rt.run.exists(key) and not redo:
+        try:
+            return load_plan(rt.run, round_)
+        except DataError as e:
+            if round_finished(rt.run, round_):
+                raise damaged(rt.run, round_, str(e), "plan") from None
+            log.warning("%s: redoing it", e)
     plan = make_plan(rt.cfg, rt.context_count(), round_)
     rt.run.write_json(key, plan)
     return plan

@@ -12,7 +12,7 @@ from seal.config import RunConfig
 from seal.generation.backend import make_generator
 from seal.generation.vllm_backend import local_dir
 from seal.models.loading import choose_placement, load_model, load_tokenizer
-from seal.stages.runs import policy_has_adapter, policy_key
+from seal.stages.runs import fetch_policy, policy_has_adapter
 from seal.store import Store
 from seal.tasks import get_task
 from seal.tasks.base import Task
@@ -70,7 +70,7 @@ class Runtime:
                 from peft import PeftModel
 
                 with tempfile.TemporaryDirectory(prefix="seal-policy-") as tmp:
-                    self.run.get_dir(policy_key(round_ - 1), tmp)
+                    fetch_policy(self.run, round_ - 1, tmp)
                     model = PeftModel.from_pretrained(model, tmp).merge_and_unload()
                 model.eval()
             # A pod's fixed cost: compare it with the stage's time to size shards (shards.*_size).
@@ -87,7 +87,7 @@ class Runtime:
                 return None
             if round_ not in self._adapter_dirs:  # once per round: shards and seeds ask again
                 folder = local_dir("seal-policy-")  # lives until exit: vLLM reads adapters lazily
-                self.run.get_dir(policy_key(round_ - 1), folder)
+                fetch_policy(self.run, round_ - 1, folder)
                 self._adapter_dirs[round_] = folder
             return self._adapter_dirs[round_]
 

@@ -9,7 +9,7 @@ from typing import Any
 from seal import metrics
 from seal.generation.params import Completion, GenParams
 from seal.seeds import derive_seed
-from seal.stages.runs import check_shard, read_plan, shard_key
+from seal.stages.runs import check_shard, read_plan, shard_key, should_write
 from seal.stages.runtime import Runtime
 
 
@@ -36,14 +36,15 @@ def sample_edits(task: Any, task_cfg: Any, gen: Any, prompts: list[str], seeds: 
 
 
 @metrics.stage("sample", sharded=True)
-def sample_shard(rt: Runtime, round_: int, shard: int) -> bool:
-    """Sample K self-edits for each context of one shard; returns False if it was already done."""
+def sample_shard(rt: Runtime, round_: int, shard: int, redo: bool = False) -> bool:
+    """Sample K self-edits for each context of one shard; returns False if it was already done
+    (a damaged shard of an unfinished round is redone; `redo` redoes a sound one too)."""
     key = shard_key(round_, "edits", shard)
-    if rt.run.exists(key):
-        return False
     cfg = rt.cfg
     plan = read_plan(rt.run, round_)
     check_shard(plan["sample_shards"], shard, "sample")
+    if not should_write(rt.run, plan, round_, "edits", shard, redo):
+        return False
     jobs = [(c, k) for c in plan["sample_shards"][shard] for k in range(cfg.edits_per_context)]
     prompts = [rt.task.context_prompt(rt.records[c], cfg.task) for c, _ in jobs]
     seeds = [derive_seed(cfg.seed, "sample", round_, c, k) for c, k in jobs]

@@ -93,9 +93,39 @@ def load_records(source: str) -> list[dict[str, Any]]:
     return validate_records(data, source)
 
 
+# Bounds on passage data, checked when it is loaded (a long passage is refused, not truncated, so
+# every reward is computed on the text as given): SQuAD's longest passage is about 3,700
+# characters, and a self-edit prompt holds the whole passage, so it must fit the model's window.
+MAX_PASSAGE_CHARS = 20_000
+MAX_FIELD_CHARS = 2_000  # a title, question or answer
+MAX_QUESTIONS = 1_000  # per passage
+MAX_RECORDS = 1_000_000
+
+
+def _record_problem(rec: dict[str, Any]) -> str | None:
+    """What is wrong with a well-typed record's sizes, or None."""
+    if len(rec["context"]) > MAX_PASSAGE_CHARS:
+        return (f"passage is {len(rec['context'])} characters, over the {MAX_PASSAGE_CHARS} allowed: "
+                "split it into several records")
+    if not rec["context"].strip():
+        return "passage is empty"
+    if not rec["questions"] or len(rec["questions"]) > MAX_QUESTIONS:
+        return f"needs 1 to {MAX_QUESTIONS} questions (its reward is their accuracy)"
+    if len(rec["title"]) > MAX_FIELD_CHARS:
+        return f"title is over {MAX_FIELD_CHARS} characters"
+    for j, q in enumerate(rec["questions"]):
+        if not q["question"].strip() or not q["answer"].strip():
+            return f"question {j} has an empty question or answer (it could never be graded right)"
+        if len(q["question"]) > MAX_FIELD_CHARS or len(q["answer"]) > MAX_FIELD_CHARS:
+            return f"question {j} is over {MAX_FIELD_CHARS} characters"
+    return None
+
+
 def validate_records(data: Any, source: str) -> list[dict[str, Any]]:
     if not isinstance(data, list) or not data:
         raise DataError(f"task.data {source}: expected a non-empty JSON list of passage records")
+    if len(data) > MAX_RECORDS:
+        raise DataError(f"task.data {source}: {len(data)} records, at most {MAX_RECORDS}")
     for i, rec in enumerate(data):
         ok = (
             isinstance(rec, dict)
@@ -112,6 +142,8 @@ def validate_records(data: Any, source: str) -> list[dict[str, Any]]:
                 f"task.data {source}: record {i} needs 'title', 'context' and "
                 "'questions': [{'question', 'answer'}] (all strings)"
             )
+        if problem := _record_problem(rec):
+            raise DataError(f"task.data {source}: record {i}: {problem}")
     return data
 
 

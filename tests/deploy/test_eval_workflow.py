@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
-from argo_local import LocalArgo, evaluate
+import yaml
+from argo_local import Failure, LocalArgo, evaluate
 from conftest import TINY
 
 from seal.cli import build_parser, main
@@ -21,6 +22,7 @@ from seal.cluster.workflow import (
     load_workflow,
     reference_errors,
     schema_errors,
+    with_model_cache_claim,
 )
 from seal.config import load_config
 from seal.store import open_store
@@ -72,17 +74,77 @@ def test_retries_transient_failures_only_and_gpu_pods_are_scheduled_like_restems
         def decide(code, status="Failed", message=""):
             last = {"lastRetry.exitCode": code, "lastRetry.status": status, "lastRetry.message": message}
             return evaluate(t["retryStrategy"]["expression"], last.__getitem__)  # noqa: B023
-        assert decide("75") and decide("-1", "Error", "pod deleted") and decide("137", "Failed", "Evicted")
-        assert not decide("2") and not decide("65") and not decide("137", "Failed", "OOMKilled")
+        evicted = Failure.evicted()
+        assert decide("75") and decide("-1", "Error", "pod deleted") and decide("137", "Failed", evicted.message)
+        assert not decide("2") and not decide("65") and not decide("137", "Failed", Failure.oom_killed().message)
         assert int(t["activeDeadlineSeconds"]) > 0
         assert t["container"]["envFrom"] == [{"secretRef": {"name": "{{workflow.parameters.s3-secret}}"}}]
     shard = template(wf, "shard")
-    assert shard["timeout"] == "{{workflow.parameters.gpu-pending-timeout}}"
     assert shard["container"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     values = declared_parameters(wf)
     patch = re.sub(r"\{\{workflow\.parameters\.([\w-]+)\}\}", lambda m: values[m.group(1)], shard["podSpecPatch"])
     assert json.loads(patch)["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert json.loads(patch)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == values["shard-gpus"]
     assert wf["spec"]["podGC"]["strategy"] == "OnPodSuccess"
+
+
+def test_it_shares_restems_retry_security_volumes_and_pod_shapes(wf):
+    """The blocks both workflows need are restem.yaml's, word for word, so what test_workflow.py and
+    test_workflow_time.py prove of restem.yaml's (retries on real pod messages, no template
+    timeout or maxDuration, the images' user, writable /tmp and /cache, no API token in main
+    containers) holds here too, and a fix to one that misses the other fails here."""
+    restem = load_workflow()
+    r, e = restem["spec"], wf["spec"]
+    for key in ("serviceAccountName", "automountServiceAccountToken", "executor", "securityContext", "podGC"):
+        assert e[key] == r[key], key
+    assert e["volumes"] == r["volumes"]  # config, seal-tmp and seal-cache, by the names the chart and submit swap
+    rt = {t["name"]: t for t in r["templates"]}
+    for t in e["templates"]:
+        assert "parallelism" not in t and "timeout" not in t, t["name"]  # max-pods bounds the pods instead
+        if "container" not in t:
+            continue
+        assert t["retryStrategy"] == rt["adapt"]["retryStrategy"], t["name"]
+        assert t["container"]["volumeMounts"] == rt["adapt"]["container"]["volumeMounts"], t["name"]
+        assert t["container"]["envFrom"] == rt["adapt"]["container"]["envFrom"], t["name"]
+        assert isinstance(t["activeDeadlineSeconds"], str), t["name"]
+    shard = template(wf, "shard")
+    assert shard["container"]["resources"] == rt["adapt"]["container"]["resources"]  # ephemeral storage for /cache
+    assert shard["activeDeadlineSeconds"] == rt["adapt"]["activeDeadlineSeconds"]
+    for name in ("plan", "join"):
+        assert template(wf, name)["container"]["resources"] == rt["init"]["container"]["resources"]
+    ours, theirs = declared_parameters(wf), declared_parameters(restem)
+    for name in ("image", "config", "config-map", "gpu-tolerations", "s3-secret", "service-account"):
+        assert ours[name] == theirs[name], name
+    assert "gpu-pending-timeout" not in ours
+    # `*-gpus`: what `seal submit` allows (0 or 1); seal runs a pod on one GPU
+    assert [n for n in ours if n.endswith("gpus")] == ["shard-gpus"] and ours["shard-gpus"] in ("0", "1")
+
+
+def test_a_model_cache_claim_replaces_cache_in_every_pod(wf):
+    """The swap `seal submit --model-cache-claim` (and the chart) make, by the volume's name."""
+    doc = with_model_cache_claim(wf, "seal-models")
+    volumes = {v["name"]: v for v in doc["spec"]["volumes"]}
+    assert volumes["seal-cache"] == {"name": "seal-cache", "persistentVolumeClaim": {"claimName": "seal-models"}}
+    for t in (t for t in doc["spec"]["templates"] if "container" in t):
+        assert {"name": "seal-cache", "mountPath": "/cache"} in t["container"]["volumeMounts"], t["name"]
+    assert schema_errors(doc) == [] and reference_errors(doc) == []
+
+
+def test_seal_submit_fills_it_with_the_config_a_claim_and_one_gpu(capsys):
+    """`seal submit --workflow workflows/eval-knowledge.yaml`: the config's JSON, -p out, the claim
+    swapped in by name, restem's refusal of a second GPU; nothing is contacted with --print."""
+    base = ["submit", str(ROOT / "configs/squad-qwen2.5-7b.yaml"), "--workflow", str(WORKFLOW), "--print"]
+    assert main([*base, "-p", "out=s3://b/evals/t", "-p", "max-pods=8", "--model-cache-claim", "seal-models"]) == 0
+    doc = yaml.safe_load(capsys.readouterr().out)
+    values = declared_parameters(doc)
+    assert values["out"] == "s3://b/evals/t" and values["max-pods"] == "8"
+    config = load_config(ROOT / "configs/squad-qwen2.5-7b.yaml")
+    assert json.loads(values["config"]) == json.loads(json.dumps(config.model_dump(mode="json")))
+    volumes = {v["name"]: v for v in doc["spec"]["volumes"]}
+    assert volumes["seal-cache"]["persistentVolumeClaim"] == {"claimName": "seal-models"}
+    assert main([*base, "-p", "out=s3://b/e", "-p", "shard-gpus=2"]) == 2
+    assert "shard-gpus=2: seal runs each pod on one GPU" in capsys.readouterr().err
+    assert main(base) == 2 and "pass -p out=VALUE" in capsys.readouterr().err
 
 
 @pytest.mark.slow

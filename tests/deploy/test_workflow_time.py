@@ -1,11 +1,13 @@
-"""workflows/restem.yaml against the controller's time rules, on a fake clock (tests/argo_local.py:
-deadlines, Pending, retries and backoff as Argo's workflowpod.go, operator.go and executor.go
-apply them). Every pod is simulated: hours of cluster time run in milliseconds, no process starts.
+"""workflows/restem.yaml and workflows/eval-knowledge.yaml against the controller's time rules, on
+a fake clock (tests/argo_local.py: deadlines, Pending, retries and backoff as Argo's workflowpod.go,
+operator.go and executor.go apply them). Every pod is simulated: hours of cluster time run in
+milliseconds, no process starts.
 
 The first tests are the three ways a first real run failed before (issue 15): GPU pods killed
 after the 2 h "pending" timeout, no retry 30 minutes after a pod's first start, evictions not
-retried. RESTEM_YAML=path runs them against another copy of the workflow (e.g. an older one, to
-see them fail: `git show main~N:workflows/restem.yaml > /tmp/old.yaml`).
+retried; those about one long GPU pod run on both workflows (restem's adapt, eval-knowledge's
+shard). RESTEM_YAML=path and EVAL_YAML=path run them against other copies of the workflows (e.g.
+older ones, to see them fail: `git show main~N:workflows/restem.yaml > /tmp/old.yaml`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,61 @@ def attempts(result: Result, template: str, shard: str = "") -> list:
     return [p for p in result.pods if p.template == template and p.inputs.get("shard", "") == shard]
 
 
+# eval-knowledge.yaml in miniature: plan, three shard pods (ranges of shards), join.
+EVAL_SHARDS = ["0-3", "4-7", "8-9"]
+EVAL_RUN_S = {"plan": 60.0, "shard": 3 * H, "join": 60.0}
+
+
+def eval_knowledge() -> dict[str, Any]:
+    path = os.environ.get("EVAL_YAML") or ROOT / "workflows" / "eval-knowledge.yaml"
+    return yaml.safe_load(Path(path).read_text())
+
+
+def run_eval(special: dict[tuple[str, str, int], Attempt] | None = None,
+             run_s: dict[str, float] | None = None) -> Result:
+    special, durations = special or {}, {**EVAL_RUN_S, **(run_s or {})}
+
+    def decide(req: PodRequest) -> Attempt:
+        key = (req.template, req.inputs.get("shard", ""), req.attempt)
+        if key in special:
+            return special[key]
+        files = {"/tmp/seal-eval/shards.json": json.dumps(EVAL_SHARDS)} if req.template == "plan" else {}
+        return Attempt(pending_s=WAIT_FOR_GPU_S if req.template == "shard" else 0.0,
+                       run_s=durations[req.template], files=files)
+
+    return LocalArgo(eval_knowledge(), {"out": "s3://bucket/evals/t"}, secrets={"seal-s3": {}},
+                     cluster=decide).run()
+
+
+@dataclass
+class Flow:
+    """A workflow's long GPU fan-out, for the tests that run on both: its template, items, run."""
+
+    gpu: str
+    items: list[str]
+    run: Any
+    last: str  # restem's exit handler (runs whatever happened), eval-knowledge's join (only after the shards)
+
+    def long(self, special=None) -> Result:  # GPU pods of 1 h: no deadline of any version near
+        return self.run(special, {self.gpu: 1 * H})
+
+
+FLOWS = {"restem": Flow("adapt", ADAPT, run, "finish"), "eval-knowledge": Flow("shard", EVAL_SHARDS, run_eval, "join")}
+
+
+@pytest.fixture(params=list(FLOWS))
+def flow(request) -> Flow:
+    return FLOWS[request.param]
+
+
+def test_eval_knowledge_schedules_on_the_clock():
+    res = run_eval()
+    assert res.phase == "Succeeded", res.message
+    assert [(p.template, p.inputs.get("shard", "")) for p in res.pods] == [
+        ("plan", ""), ("shard", "0-3"), ("shard", "4-7"), ("shard", "8-9"), ("join", "")]
+    assert res.finished == pytest.approx(60 + WAIT_FOR_GPU_S + 3 * H + 60)  # the shard pods side by side
+
+
 def test_the_rounds_schedule_on_the_clock():
     res = run()
     assert res.phase == "Succeeded", res.message
@@ -79,26 +137,29 @@ def test_the_rounds_schedule_on_the_clock():
 # --- 1. a GPU pod's deadline counts from its start on a node: hours of work are not cut at 2 h
 
 
-def test_gpu_pods_run_their_hours_and_wait_for_a_node_as_long_as_it_takes():
-    slow_node = Attempt(pending_s=5 * H, run_s=RUN_S["adapt"])  # GPUs busy for 5 h
-    res = run({("adapt", "1", 0): slow_node})
-    for shard in ADAPT:
-        first = attempts(res, "adapt", shard)[0]
+def test_gpu_pods_run_their_hours_and_wait_for_a_node_as_long_as_it_takes(flow):
+    slow_node = Attempt(pending_s=5 * H, run_s=10 * H)  # GPUs busy for 5 h, then 10 h of work
+    item = flow.items[1]
+    res = flow.run({(flow.gpu, item, 0): slow_node})
+    for shard in flow.items:
+        first = attempts(res, flow.gpu, shard)[0]
         ran = (first.finished - first.started) / H
-        assert first.message != DEADLINE_MESSAGE, f"adapt {shard} killed after {ran:.1f} h on its node: {first.message}"
-        assert first.exit_code == 0 and ran == RUN_S["adapt"] / H
+        killed = f"{flow.gpu} {shard} killed after {ran:.1f} h on its node: {first.message}"
+        assert first.message != DEADLINE_MESSAGE, killed
+        assert first.exit_code == 0 and ran == (10 if shard == item else 3)
         assert first.deadline_s >= 12 * H  # the template's activeDeadlineSeconds, not a 2 h timeout
-    assert attempts(res, "adapt", "1")[0].started - attempts(res, "adapt", "1")[0].created == 5 * H
+    assert attempts(res, flow.gpu, item)[0].started - attempts(res, flow.gpu, item)[0].created == 5 * H
     assert res.phase == "Succeeded", res.message
 
 
-def test_a_pod_past_its_own_deadline_is_stopped_by_the_kubelet_and_resumes_on_a_retry():
-    """activeDeadlineSeconds (12 h for adapt) counts from the start on a node; the kubelet's
-    SIGTERM makes seal exit 75, so the retry runs the shards that are left."""
-    res = run({("adapt", "0", 0): Attempt(pending_s=WAIT_FOR_GPU_S, run_s=13 * H),
-               ("adapt", "0", 1): Attempt(run_s=1 * H)})
+def test_a_pod_past_its_own_deadline_is_stopped_by_the_kubelet_and_resumes_on_a_retry(flow):
+    """activeDeadlineSeconds (12 h for adapt and shard pods) counts from the start on a node; the
+    kubelet's SIGTERM makes seal exit 75, so the retry runs the shards that are left."""
+    item = flow.items[0]
+    res = flow.run({(flow.gpu, item, 0): Attempt(pending_s=WAIT_FOR_GPU_S, run_s=13 * H),
+                    (flow.gpu, item, 1): Attempt(run_s=1 * H)})
     assert res.phase == "Succeeded", res.message
-    first, second = attempts(res, "adapt", "0")
+    first, second = attempts(res, flow.gpu, item)
     assert first.message == DEADLINE_MESSAGE and first.exit_code == SIGTERM_EXIT
     assert first.finished - first.started == 12 * H
     assert second.created == first.finished + 1 * M and second.exit_code == 0  # backoff 1 min
@@ -107,20 +168,22 @@ def test_a_pod_past_its_own_deadline_is_stopped_by_the_kubelet_and_resumes_on_a_
 # --- 2. retries are not cut off 30 minutes after the first attempt's start
 
 
-def test_a_pod_preempted_after_an_hour_is_retried():
-    res = run({("adapt", "1", 0): Attempt(pending_s=WAIT_FOR_GPU_S, run_s=3 * H, fail_after_s=1 * H,
-                                          failure=Failure.preempted())}, SHORT)
+def test_a_pod_preempted_after_an_hour_is_retried(flow):
+    item = flow.items[1]
+    res = flow.long({(flow.gpu, item, 0): Attempt(pending_s=WAIT_FOR_GPU_S, run_s=3 * H, fail_after_s=1 * H,
+                                                  failure=Failure.preempted())})
     assert res.phase == "Succeeded", res.message
-    first, second = attempts(res, "adapt", "1")
+    first, second = attempts(res, flow.gpu, item)
     assert (first.phase, first.message, first.exit_code) == ("Error", "pod deleted", -1)
     assert second.exit_code == 0 and second.created == first.finished + 1 * M
 
 
-def test_a_retry_may_run_longer_than_30_minutes():
+def test_a_retry_may_run_longer_than_30_minutes(flow):
     """Attempt 0 hits a throttled store after 10 min (exit 75); attempt 1 needs its 3 hours."""
-    res = run({("adapt", "2", 0): Attempt(run_s=10 * M, exit_code=75),
-               ("adapt", "2", 1): Attempt(pending_s=WAIT_FOR_GPU_S, run_s=3 * H)}, SHORT)
-    first, second = attempts(res, "adapt", "2")
+    item = flow.items[2]
+    res = flow.long({(flow.gpu, item, 0): Attempt(run_s=10 * M, exit_code=75),
+                     (flow.gpu, item, 1): Attempt(pending_s=WAIT_FOR_GPU_S, run_s=3 * H)})
+    first, second = attempts(res, flow.gpu, item)
     assert first.exit_code == 75
     ran = (second.finished - second.started) / H
     assert second.exit_code == 0, f"the retry was stopped after {ran:.2f} h: {second.message}; {res.message}"
@@ -132,12 +195,13 @@ def test_a_retry_may_run_longer_than_30_minutes():
 
 @pytest.mark.parametrize("failure", [Failure.evicted("memory"), Failure.evicted("ephemeral-storage"),
                                      Failure.node_shutdown()], ids=["memory", "disk", "node-shutdown"])
-def test_an_evicted_pod_is_retried(failure):
+def test_an_evicted_pod_is_retried(flow, failure):
     """Evicted 5 minutes into its first attempt (no deadline anywhere near): the retry decision is
     the expression's alone."""
-    res = run({("adapt", "0", 0): Attempt(run_s=1 * H, fail_after_s=5 * M, failure=failure)}, SHORT)
+    item = flow.items[0]
+    res = flow.long({(flow.gpu, item, 0): Attempt(run_s=1 * H, fail_after_s=5 * M, failure=failure)})
     assert res.phase == "Succeeded", res.message
-    first, second = attempts(res, "adapt", "0")
+    first, second = attempts(res, flow.gpu, item)
     assert first.message == failure.message and second.exit_code == 0
 
 
@@ -149,11 +213,16 @@ def test_an_evicted_pod_is_retried(failure):
     (Attempt(run_s=5.0, exit_code=2), "exit code 2"),
     (Attempt(run_s=5.0, exit_code=65), "exit code 65"),
 ])
-def test_oom_kills_and_bad_input_are_not_retried_and_the_exit_handler_still_runs(attempt, reason):
-    res = run({("adapt", "1", 0): attempt}, SHORT)
+def test_oom_kills_and_bad_input_are_not_retried(flow, attempt, reason):
+    """...and the rest stops: restem's exit handler still runs, eval-knowledge's join does not."""
+    item = flow.items[1]
+    res = flow.long({(flow.gpu, item, 0): attempt})
     assert res.phase == "Failed" and "retryStrategy.expression evaluated to false" in res.message
-    assert len(attempts(res, "adapt", "1")) == 1 and reason in attempts(res, "adapt", "1")[0].message
-    assert res.pods[-1].template == "finish" and res.pods[-1].exit_code == 0
+    assert len(attempts(res, flow.gpu, item)) == 1 and reason in attempts(res, flow.gpu, item)[0].message
+    if flow.last == "finish":
+        assert res.pods[-1].template == "finish" and res.pods[-1].exit_code == 0
+    else:
+        assert not attempts(res, flow.last)
 
 
 def test_a_pod_failing_every_time_gives_up_after_the_retry_limit_with_growing_backoff():

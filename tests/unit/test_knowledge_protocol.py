@@ -112,7 +112,8 @@ def test_top1_always_keeps_a_passages_best_edit_even_at_zero_reward():
 
 def test_the_training_pool_excludes_the_evaluation_passages(tmp_path):
     recs = paper_records()
-    pool = [dict(r) for r in recs] + [{"title": "Other", "context": "Another passage.", "questions": []}]
+    pool = [dict(r) for r in recs] + [{"title": "Other", "context": "Another passage.",
+                                            "questions": [{"question": "Which?", "answer": "Another"}]}]
     pool[1] = dict(pool[1], context=pool[1]["context"] + "  ")  # matched after stripping
     data = tmp_path / "pool.json"
     data.write_text(json.dumps(pool))
