@@ -25,6 +25,7 @@ from seal.cluster.workflow import fanout_groups
 from seal.config import describe_fields, load_config
 from seal.errors import EXIT_TRANSIENT, EXIT_USAGE, ConfigError, DataError, SealError, TransientError
 from seal.evaluation import arc as arc_eval
+from seal.evaluation import continual, cpt
 from seal.evaluation import knowledge as knowledge_eval
 from seal.evaluation import world as world_eval
 from seal.models.tiny import build_tiny_model
@@ -144,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=shard_range, help="run only these shards (A or A-B), then stop")
     p.add_argument("--join", action="store_true", help="only write the table from finished shards")
     p.add_argument("--plot", help="also write the plot to this local PNG (it is always in --out)")
+    p.add_argument("--setting", choices=("single", "cpt", "continual"), default=None,
+                   help="single: one passage per fit (default); cpt: one update on all passages, the paper's "
+                   "continued pretraining; continual: passages one after another, the retention matrix")
+    p.add_argument("--update", choices=cpt.UPDATES, default="lora",
+                   help="cpt: one LoRA adapter (default) or full fine-tuning (set a small inner.lr)")
+    p.add_argument("--train", action="store_true", help="cpt: only train the rows' updates (the GPU pod), then stop")
+    p.add_argument("--steps", type=int, default=8, help="continual: passages per sequence, n (default 8)")
+    p.add_argument("--sequences", type=int, default=3, help="continual: sequences (seeds) per edit source (default 3)")
 
     p = sub.add_parser("init", help="write run.json for a run (once)")
     p.add_argument("--run", required=True, help="run URI: <store>/<run_id>")
@@ -318,9 +327,13 @@ def cmd_eval_knowledge(args: argparse.Namespace) -> int:
                          limit=args.limit, edit_files=files, policies=policies,
                          teacher=(args.teacher, args.teacher_model) if args.teacher else None,
                          edits=args.edits, fits=args.fits or cfg.inner.fits, shard_size=args.shard_size)
+        setting_plan_args(args, cfg, plan_args, files, policies)
     out = open_store(args.out)
     if plan_args is not None:
         knowledge_eval.plan(out, cfg, **plan_args)
+    setting = knowledge_eval.read_spec(out)[0].get("setting", "single") if out.exists("eval.json") else "single"
+    if setting != "single" and not args.plan_only:
+        return eval_other_setting(args, out, setting)
     if args.plan_only or args.join:
         spec, _, _ = knowledge_eval.read_spec(out)
         if args.plan_only:
@@ -340,11 +353,51 @@ def cmd_eval_knowledge(args: argparse.Namespace) -> int:
             print(f"{args.out}: shards {args.shard[0]}-{args.shard[-1]} done; others remain" if args.shard
                   else f"{args.out}: shards remain")
             return 0
+    return print_table(args, out, table)
+
+
+def print_table(args: argparse.Namespace, out: Any, table: dict[str, Any]) -> int:
     print(knowledge_eval.table_text(table))
     print(f"results: {out.uri}/table.json (per question: {out.uri}/results/)")
     if args.plot:
         print(f"plot: {knowledge_eval.plot(table, args.plot)}")
     return 0
+
+
+def setting_plan_args(args: argparse.Namespace, cfg: Any, plan_args: dict, files: list[str],
+                      policies: list[str]) -> None:
+    """The CPT and continual settings' additions to the single-passage plan."""
+    if args.setting == "cpt":
+        plan_args["extra"] = {"setting": "cpt", "update": args.update}
+    elif args.setting == "continual":
+        if args.steps < 1 or args.sequences < 1:
+            raise ConfigError("--steps and --sequences must be at least 1")
+        rows = knowledge_eval.row_specs(files, policies, plan_args["teacher"])[2:]  # no base, no passage-only
+        if not rows:
+            raise ConfigError("--setting continual: name the self-edits' source: --policy base, --policy RUN@R "
+                              "or --edits-file FILE")
+        plan_args.update(rows=rows, edits=1, fits=1,
+                         units=continual.sequence_units(args.steps, args.sequences, cfg.seed),
+                         extra={"setting": "continual", "steps": args.steps, "sequences": args.sequences})
+
+
+def eval_other_setting(args: argparse.Namespace, out: Any, setting: str) -> int:
+    """`eval-knowledge` on a CPT or continual plan: run, train, a shard's share, or the join."""
+    if setting == "continual":
+        result = continual.write_matrix(out) if args.join else continual.evaluate(args.out, args.shard)
+        if result is None:
+            print(f"{args.out}: units {args.shard[0]}-{args.shard[-1]} done; others remain")
+            return 0
+        print(continual.matrix_text(result))
+        print(f"results: {out.uri}/matrix.json, heat map: {out.uri}/matrix.png (per step: {out.uri}/continual/)")
+        if args.plot:
+            print(f"plot: {continual.heatmap(result, args.plot)}")
+        return 0
+    table = knowledge_eval.write_table(out) if args.join else cpt.evaluate(args.out, args.shard, args.train)
+    if table is None:
+        print(f"{args.out}: " + ("updates trained" if args.train else "shards done") + "; others remain")
+        return 0
+    return print_table(args, out, table)
 
 
 def cmd_init(args: argparse.Namespace) -> int:

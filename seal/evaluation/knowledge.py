@@ -113,18 +113,24 @@ def check_policy(row: dict[str, Any], cfg: RunConfig) -> None:
                           f"finished (last finished: {last_policy_round(run)})")
 
 
+def passage_shards(rows: list[dict[str, Any]], n: int, shard_size: int) -> list[dict[str, Any]]:
+    """The single-passage and CPT settings' shards: each row's passages, `shard_size` at a time."""
+    return [{"row": i, "passages": list(range(start, min(start + shard_size, n)))}
+            for i in range(len(rows)) for start in range(0, n, shard_size)]
+
+
 def make_plan(cfg: RunConfig, passages: str, limit: int | None, rows: list[dict[str, Any]], edits: int,
-              fits: int, shard_size: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """eval.json's content, and the passage records."""
+              fits: int, shard_size: int, extra: dict[str, Any] | None = None,
+              units: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """eval.json's content, and the passage records. `extra`: the setting's own fields (setting,
+    update, ...); `units(rows, records)`, when given, makes the shards instead of passage_shards."""
     records = knowledge.load_records(passages)[:limit]
     for r in records:  # what the paper-edits files carry beside a passage is not needed here
-        for extra in ("completions", "prompt"):
-            r.pop(extra, None)
-    shards = []
-    for i in range(len(rows)):
-        for start in range(0, len(records), shard_size):
-            shards.append({"row": i, "passages": list(range(start, min(start + shard_size, len(records))))})
+        for field in ("completions", "prompt"):
+            r.pop(field, None)
+    shards = units(rows, records) if units else passage_shards(rows, len(records), shard_size)
     spec = {
+        "setting": "single", **(extra or {}),
         "config": cfg.model_dump(mode="json"), "passages_source": passages, "passages": len(records),
         "edits": edits, "fits": fits, "rows": rows, "shards": shards,
     }
@@ -133,21 +139,25 @@ def make_plan(cfg: RunConfig, passages: str, limit: int | None, rows: list[dict[
 
 def spec_fingerprint(spec: dict[str, Any], records: list[dict[str, Any]]) -> str:
     data = {k: spec[k] for k in ("config", "edits", "fits", "rows", "shards")}
+    if spec.get("setting", "single") != "single":  # single-passage plans keep their old fingerprint
+        data.update({k: v for k, v in spec.items() if k not in data and k not in ("passages_source", "passages")})
     data["records"] = records
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plan(out: Store, cfg: RunConfig, passages: str, limit: int | None, edit_files: list[str],
          policies: list[str], teacher: tuple[str, str] | None, edits: int, fits: int,
-         shard_size: int) -> dict[str, Any]:
+         shard_size: int, extra: dict[str, Any] | None = None, units: Any = None,
+         rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write eval.json, passages.json and the file rows' edits once; a rerun with the same request
-    returns the plan already written, a different request is refused (pick another --out)."""
+    returns the plan already written, a different request is refused (pick another --out).
+    `extra`, `units` and `rows` (default: row_specs') let the other settings plan through here."""
     if cfg.task.name != "knowledge":
         raise ConfigError(f"eval-knowledge needs task.name: knowledge (the config has {cfg.task.name!r})")
     if edits < 1 or fits < 1 or shard_size < 1 or (limit is not None and limit < 1):
         raise ConfigError("--edits, --fits, --shard-size and --limit must be at least 1")
-    rows = row_specs(edit_files, policies, teacher)
-    spec, records = make_plan(cfg, passages, limit, rows, edits, fits, shard_size)
+    rows = row_specs(edit_files, policies, teacher) if rows is None else rows
+    spec, records = make_plan(cfg, passages, limit, rows, edits, fits, shard_size, extra, units)
     spec["fingerprint"] = spec_fingerprint(spec, records)
     if out.exists(EVAL_JSON):
         old = out.read_json(EVAL_JSON)
@@ -268,17 +278,41 @@ class Evaluator:
                 b += 1
             else:
                 graded, stats = outcomes[i].graded, outcomes[i].stats
-            lines.append({
-                "row": row["name"], "passage": p, "k": k, "fit": f, "edit": text, "score": graded["score"],
-                "losses": [stats.get("first_loss"), stats.get("last_loss")] if stats else None,
-                "questions": [{"question": q["question"], "gold": q["answer"], "answer": a,
-                               "grades": {g: graded["graders"][g][j] for g in graded["graders"]}}
-                              for j, (q, a) in enumerate(zip(rec["questions"], graded["answers"], strict=True))],
-            })
+            lines.append(result_line(row["name"], p, k, f, text, rec, graded, stats))
         return lines
 
     def release(self) -> None:
         self.base.release()
+
+
+def result_line(row: str, p: int, k: int, f: int | None, text: str | None, rec: dict[str, Any],
+                graded: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """One results line: a passage's answers and every grader's grades after one update (every
+    setting writes these, so passage_means and the tables read them all)."""
+    return {
+        "row": row, "passage": p, "k": k, "fit": f, "edit": text, "score": graded["score"],
+        "losses": [stats.get("first_loss"), stats.get("last_loss")] if stats else None,
+        "questions": [{"question": q["question"], "gold": q["answer"], "answer": a,
+                       "grades": {g: graded["graders"][g][j] for g in graded["graders"]}}
+                      for j, (q, a) in enumerate(zip(rec["questions"], graded["answers"], strict=True))],
+    }
+
+
+def row_edits(out: Store, ev: Evaluator, spec: dict[str, Any], records: list[dict[str, Any]], row_i: int,
+              ids: list[int]) -> list[list[str]]:
+    """A row's self-edits for every passage (empty lists for passages not in `ids`): a file row's
+    as planned; a policy's or teacher's sampled once for `ids` and kept at edits/<row>.json, so
+    pods and reruns reuse the same edits (the CPT and continual settings)."""
+    row, key = spec["rows"][row_i], eval_edits_key(row_i)
+    if row["kind"] == "passage":
+        return [[""] for _ in records]
+    if not out.exists(key):
+        sampled = ev.sample(row, [records[p] for p in ids], ids, spec["edits"])
+        every: list[list[str]] = [[] for _ in records]
+        for p, texts in zip(ids, sampled, strict=True):
+            every[p] = texts
+        out.write_json(key, every)
+    return out.read_json(key)
 
 
 def teacher_edits(url: str, model: str, prompts: list[str], seeds: list[int], cfg: RunConfig) -> list[str]:
@@ -373,7 +407,8 @@ def join(out: Store) -> dict[str, Any]:
         fits = sum(1 for line in lines if line["fit"] is not None)
         rows.append({"name": row["name"], "kind": row["kind"], "passages": len({x["passage"] for x in lines}),
                      "fits": fits, "graders": graders})
-    table = {"passages": spec["passages"], "questions": sum(len(r["questions"]) for r in records),
+    table = {"setting": spec.get("setting", "single"), "update": spec.get("update"),
+             "passages": spec["passages"], "questions": sum(len(r["questions"]) for r in records),
              "edits": spec["edits"], "fits": spec["fits"], "grader": cfg.task.grader, "rows": rows}
     out.write_json(EVAL_TABLE, table)
     return table
@@ -385,9 +420,13 @@ def table_text(table: dict[str, Any]) -> str:
     for r in table["rows"]:
         cells.append((r["name"], str(r["passages"]), str(r["fits"]),
                       *[_cell(r["graders"].get(g)) for g in graders]))
-    note = (f"\n{table['passages']} passages, {table['questions']} questions; up to {table['edits']} self-edits "
-            f"per passage x {table['fits']} fits from the base model; reward grader: {table['grader']}; "
-            "CI: bootstrap over passages.")
+    if table.get("setting") == "cpt":
+        how = (f"one {table['update']} update per row on all {table['passages']} passages together (up to "
+               f"{table['edits']} self-edits each), from the base model")
+    else:
+        how = f"up to {table['edits']} self-edits per passage x {table['fits']} fits from the base model"
+    note = (f"\n{table['passages']} passages, {table['questions']} questions; {how}; reward grader: "
+            f"{table['grader']}; CI: bootstrap over passages.")
     return text_table(cells, left=1) + note
 
 
@@ -418,7 +457,8 @@ def plot(table: dict[str, Any], path: str | Path) -> Path:
         ax.bar(xs, ms, width, yerr=err, capsize=3, label=g)
     ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=25, ha="right", fontsize=7)
     ax.set_ylabel("question accuracy, % (95% CI over passages)")
-    ax.set_title("knowledge incorporation, single passage")
+    ax.set_title("knowledge incorporation, " + ("continued pretraining" if table.get("setting") == "cpt"
+                                                 else "single passage"))
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
@@ -433,10 +473,7 @@ def evaluate(out_uri: str, cfg: RunConfig | None = None, shards: list[int] | Non
     if cfg is not None:
         plan(out, cfg, **plan_args)
     spec, ecfg, records = read_spec(out)
-    wanted = range(len(spec["shards"])) if shards is None else shards
-    for s in wanted:
-        if not 0 <= s < len(spec["shards"]):
-            raise ConfigError(f"--shard {s} is out of range: this evaluation has {len(spec['shards'])} shards")
+    wanted = wanted_shards(spec, shards)
     todo = [s for s in wanted if s not in done_shards(out)]
     if todo:
         ev = Evaluator(ecfg)
@@ -448,8 +485,26 @@ def evaluate(out_uri: str, cfg: RunConfig | None = None, shards: list[int] | Non
         ev.release()
     if shards is not None:
         return None
-    table = join(out)
+    return write_table(out)
+
+
+def wanted_shards(spec: dict[str, Any], shards: list[int] | None) -> list[int]:
+    """The shards asked for (None: all), each checked against the plan."""
+    for s in shards or []:
+        if not 0 <= s < len(spec["shards"]):
+            raise ConfigError(f"--shard {s} is out of range: this evaluation has {len(spec['shards'])} shards")
+    return list(range(len(spec["shards"]))) if shards is None else shards
+
+
+def store_figure(out: Store, key: str, draw: Any, result: dict[str, Any]) -> None:
+    """Draw `result` to a temporary PNG with `draw(result, path)` and put it in the store at `key`."""
     with tempfile.TemporaryDirectory(prefix="seal-eval-") as tmp:
-        png = plot(table, Path(tmp) / EVAL_PLOT)
-        out.write_bytes(EVAL_PLOT, png.read_bytes())
+        png = draw(result, Path(tmp) / Path(key).name)
+        out.write_bytes(key, png.read_bytes())
+
+
+def write_table(out: Store) -> dict[str, Any]:
+    """join, then the plot beside table.json in the store."""
+    table = join(out)
+    store_figure(out, EVAL_PLOT, plot, table)
     return table

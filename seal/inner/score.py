@@ -28,6 +28,20 @@ def score_model(model: Any, tokenizer: Any, task: Task, record: dict[str, Any], 
     return task.grade_outputs(record, [c.text for c in completions], cfg.task)
 
 
+def score_records(model: Any, tokenizer: Any, task: Task, records: list[dict[str, Any]],
+                  cfg: RunConfig) -> list[dict[str, Any]]:
+    """Many contexts' probes answered by one model (adapted or not) in shared batches, each graded:
+    how the CPT and continual evaluations score one updated model on many passages."""
+    prompts, owner = probes(task, cfg.task, records)
+    texts: list[str] = []
+    if prompts:
+        gen = TransformersGenerator(model, tokenizer)
+        texts = [c.text for c in gen.generate(prompts, [0] * len(prompts),
+                                              task.probe_params(cfg.task, cfg.sampling.batch_size))]
+    return [task.grade_outputs(rec, outs, cfg.task)
+            for rec, outs in zip(records, regroup(texts, owner, len(records)), strict=True)]
+
+
 def generate_routed(model: Any, tokenizer: Any, adapters: list[tuple[dict[str, tuple[Any, Any]], float]],
                     lora: LoraConfig, prompts: list[str], adapter_ids: list[int], params: Any) -> list[Any]:
     """Answer each prompt with its own adapter (adapter_ids[i] indexes `adapters`), all in shared

@@ -127,6 +127,15 @@ def attach_lora(model: Any, lora: LoraConfig, seed: int, adapter_dir: str | None
     return get_peft_model(model, peft_config(lora))
 
 
+def lora_update(model: Any, tokenizer: Any, examples: list[Example], lora: LoraConfig, seed: int,
+                max_length: int) -> tuple[Any, dict[str, float]]:
+    """One LoRA adapter trained over `model` on `examples` (a fresh seeded adapter, `train`'s loop):
+    the update of the CPT and continual evaluations, many passages' texts or one step of a
+    sequence. Returns the PeftModel (save, merge or unload it) and the loss stats."""
+    peft_model = attach_lora(model, lora, seed)
+    return peft_model, train(peft_model, tokenizer, examples, lora, seed, max_length)
+
+
 def schedule(n_rows: int, lora: LoraConfig, seed: int) -> list[list[int]]:
     """The batches (row indices) of a fit, in order: `lora.epochs` seeded permutations of the rows,
     cut into `lora.batch_size` batches. `train` walks it, and so does the batched trainer, so both

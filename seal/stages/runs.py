@@ -397,3 +397,34 @@ def eval_edits_key(row: int) -> str:
 
 def eval_shard_key(shard: int) -> str:
     return f"results/{shard:05d}.jsonl"
+
+
+# The CPT setting (--setting cpt) adds, beside the keys above:
+#
+#     <eval>/update/<row>/              the row's one update: a LoRA adapter, or the whole model (full)
+#     <eval>/update/<row>.json          written after it: training stats; the row's update is done
+#
+# and the continual setting (--setting continual) keeps, per unit (an edit source x a sequence):
+#
+#     <eval>/continual/<unit>/step-<t>/ step t's adapter, merged into the model before step t+1
+#     <eval>/continual/<unit>/step-<t>.jsonl   written after it: scores on the passages seen so far
+#     <eval>/matrix.json, matrix.png    written last: the retention matrices and their heat map
+
+EVAL_MATRIX = "matrix.json"
+EVAL_HEATMAP = "matrix.png"
+
+
+def cpt_update_key(row: int) -> str:
+    return f"update/{row:02d}"
+
+
+def cpt_update_meta_key(row: int) -> str:
+    return f"update/{row:02d}.json"
+
+
+def continual_step_key(unit: int, step: int) -> str:
+    return f"continual/{unit:03d}/step-{step:02d}"
+
+
+def continual_scores_key(unit: int, step: int) -> str:
+    return f"continual/{unit:03d}/step-{step:02d}.jsonl"

@@ -88,11 +88,13 @@ def test_the_cycle_finder_finds_a_circle():
 
 def test_one_inner_loop():
     """The adapt stage and both evaluations reach seal.inner.fit.run_fits; nothing else in seal
-    trains an inner-loop adapter (attach_lora: the sequential trainer and the M-step only)."""
+    trains an inner-loop adapter (attach_lora: the sequential trainer and the M-step only; the CPT
+    and continual evaluations' updates go through seal.inner.train.lora_update)."""
     graph = import_graph()
     assert "seal.inner.fit" in graph["seal.stages.adapt"]
     assert "seal.stages.adapt" in graph["seal.evaluation.arc"]
     assert "seal.inner.fit" in graph["seal.evaluation.world"]
+    assert all("seal.inner.train" in graph[m] for m in ("seal.evaluation.cpt", "seal.evaluation.continual"))
     callers = {module_name(p) for p in PACKAGE.rglob("*.py") if "attach_lora(" in p.read_text()}
     assert callers == {"seal.inner.train", "seal.inner.fit", "seal.inner.multilora", "seal.stages.improve"}
 
