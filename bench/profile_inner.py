@@ -210,7 +210,7 @@ def main() -> None:
           f"{1e3 * plain / n:.2f} ms per pass unprofiled; {counts['tokens']} tokens in {counts['positions']} "
           f"positions: padding {1 - counts['tokens'] / counts['positions']:.1%} of the positions computed")
     kinds = ["base matmuls", "LoRA matmuls", "gathers", "attention", "other ops"]
-    print(f"\nper pass, ms (profiled; phases cover {total / 1e3 / profiled:.0%} of the profiled wall time):")
+    print(f"\nper pass, ms (profiled; phases cover {total / 1e6 / profiled:.0%} of the profiled wall time):")
     print(f"{'phase':<10} {'total':>7} {'share':>6} " + " ".join(f"{k:>13}" for k in kinds) + f" {'Python':>8}")
     for ph in PHASES:
         wall = phase_wall.get(ph, 0.0)
