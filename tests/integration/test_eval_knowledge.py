@@ -120,6 +120,11 @@ def test_bad_requests_end_in_one_line(tmp_path, capsys):
                  "--edits-file", str(tmp_path / "missing.json"), "--plan-only"]) == 2
     assert "missing.json" in capsys.readouterr().err
     assert not open_store(other).exists("eval.json")  # nothing half-planned
+    # sizes beyond the config's own bounds on K and F: refused before anything is planned
+    for flag, value, bound in (("--edits", "1000000000", "at most 1024"), ("--fits", "65", "at most 64")):
+        assert main([*args(other)[:-2], flag, value, "--plan-only"]) == 2
+        assert f"{flag} {value}: {bound}" in capsys.readouterr().err
+        assert not open_store(other).exists("eval.json")
 
 
 class _Teacher(BaseHTTPRequestHandler):
