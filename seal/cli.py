@@ -293,6 +293,9 @@ def cmd_eval_arc(args: argparse.Namespace) -> int:
         raise ConfigError(f"--rows {args.rows}: choose from {','.join(arc_eval.ROWS)}")
     if args.edits is not None and args.edits < 1:
         raise ConfigError(f"--edits {args.edits}: must be at least 1")
+    if args.edits is not None and args.edits > knowledge_eval.MAX_EDITS:
+        raise ConfigError(f"--edits {args.edits}: at most {knowledge_eval.MAX_EDITS} (the bound on the config's "
+                          "edits_per_context)")
     oracle = args.oracle
     if oracle is not None and oracle.startswith("@"):
         try:

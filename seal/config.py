@@ -432,6 +432,12 @@ class RunConfig(Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def upper_bound(section: type, name: str) -> int:
+    """A config field's `le=` bound, for command-line flags that size the same thing (the one place
+    those numbers live)."""
+    return next(m.le for m in section.model_fields[name].metadata if hasattr(m, "le"))
+
+
 def _describe_error(err: ValidationError) -> str:
     """One line naming the first bad key and what it allows."""
     first = err.errors()[0]

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seal.config import InnerLoopConfig, RunConfig, from_dict
+from seal.config import InnerLoopConfig, RunConfig, from_dict, upper_bound
 from seal.errors import ConfigError, DataError, TransientError
 from seal.inner.fit import Fit, run_fits
 from seal.inner.train import Example
@@ -58,15 +58,8 @@ from seal.tasks import knowledge
 log = logging.getLogger(__name__)
 
 GRADERS = (*knowledge.LOCAL_GRADERS, "judge")
-
-
-def _upper_bound(section: type, name: str) -> int:
-    """A config field's `le=` bound (the one place those numbers live)."""
-    return next(m.le for m in section.model_fields[name].metadata if hasattr(m, "le"))
-
-
-MAX_EDITS = _upper_bound(RunConfig, "edits_per_context")  # --edits: K's bound
-MAX_FITS = _upper_bound(InnerLoopConfig, "fits")  # --fits: F's bound
+MAX_EDITS = upper_bound(RunConfig, "edits_per_context")  # --edits: K's bound
+MAX_FITS = upper_bound(InnerLoopConfig, "fits")  # --fits: F's bound
 
 
 # --- what is evaluated

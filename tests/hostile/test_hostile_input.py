@@ -17,7 +17,7 @@ import pytest
 from conftest import TINY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from seal_proc import assert_refused, seal
+from seal_proc import REPO, assert_refused, seal
 
 from seal.config import MAX_CANDIDATES, RunConfig, describe_fields, load_config
 from seal.errors import ConfigError, DataError
@@ -210,3 +210,24 @@ def _leaves(obj, prefix=""):
             yield from _leaves(v, prefix)
     else:
         yield prefix, obj
+
+
+EVAL_SIZES = {  # an evaluation command's size flags beyond the config's bounds on K and F
+    "eval-arc-edits": (["eval-arc", "configs/arc-demo-cpu.yaml", "--rows", "untrained", "--edits", "1000000000"],
+                       "--edits 1000000000: at most 1024"),
+    "eval-knowledge-edits": (["eval-knowledge", "configs/world-demo.yaml", "--policy", "base", "--plan-only",
+                              "--edits", "1000000000"], "--edits 1000000000: at most 1024"),
+    "eval-knowledge-fits": (["eval-knowledge", "configs/world-demo.yaml", "--policy", "base", "--plan-only",
+                             "--fits", "100000"], "--fits 100000: at most 64"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVAL_SIZES))
+def test_evaluation_sizes_are_bounded(case, tmp_path):
+    argv, message = EVAL_SIZES[case]
+    out = tmp_path / "eval"
+    if argv[0] == "eval-knowledge":
+        argv = [*argv, "--out", str(out), "--passages", "world:seed=0,split=heldout"]
+    res = seal(*argv, cwd=REPO)
+    assert_refused(res, 2, message)
+    assert not out.exists() or not any(out.iterdir())  # nothing planned
