@@ -1,9 +1,12 @@
-"""The world demo's claim over several *run* seeds: ReSTEM's own randomness (which train passages
-each round draws, which edits are sampled, the LoRA fits) changes with the run seed; the warm-start
-model and the world stay the same (seed 0). Each run is then scored by `seal world-report`'s
-evaluation (its own seeds). Prints one line per run seed and the final-policy gains over them.
+"""The world demo's claim over several *run* seeds and *warm-start* seeds. ReSTEM's own randomness
+(which train passages each round draws, which edits are sampled, the LoRA fits) changes with the
+run seed. The warm-start seed is `model.base: world:seed=W`: the world (its people and passages,
+hence the held-out set) and the warm-start model trained on it (a few minutes per new W, then
+cached). Each run is scored by `seal world-report`'s evaluation (its own seeds). Prints one line per
+(warm-start seed, run seed) and the final-policy gains over all of them.
 
-    OMP_NUM_THREADS=1 python bench/world_seeds.py --seeds 0,1,2        (about 2 minutes per seed)
+    OMP_NUM_THREADS=1 python bench/world_seeds.py --seeds 0,1,2                  (about 2 minutes per seed)
+    OMP_NUM_THREADS=2 python bench/world_seeds.py --warm-seeds 0,1,2 --seeds 0   (a warm start each)
 """
 
 from __future__ import annotations
@@ -20,14 +23,20 @@ from seal.store import open_store
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2", help="run seeds")
+    ap.add_argument("--warm-seeds", default="0", help="warm-start seeds (model.base world:seed=W)")
     ap.add_argument("--eval-seeds", default="0,1,2", help="evaluation seeds of each run's report")
     ap.add_argument("--config", default="configs/world-demo.yaml")
     args = ap.parse_args()
     eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
     finals, warms, passages = [], [], []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        run_id = "world-demo" if seed == 0 else f"world-demo-seed{seed}"
-        cfg = load_config(args.config, [f"seed={seed}", f"run_id={run_id}"])
+    base = load_config(args.config)
+    runs = [(w, s) for w in _ints(args.warm_seeds) for s in _ints(args.seeds)]
+    for warm_seed, seed in runs:
+        run_id = "world-demo" + (f"-warm{warm_seed}" if warm_seed else "") + (f"-seed{seed}" if seed else "")
+        # the world's passages (task.data, and the report's held-out split) come from the same seed
+        cfg = load_config(args.config, [f"seed={seed}", f"run_id={run_id}",
+                                        f"model.base={_with_seed(base.model.base, warm_seed)}",
+                                        f"task.data={_with_seed(base.task.data, warm_seed)}"])
         run_local(cfg)
         result = world_report.evaluate(open_store(cfg.run_uri), eval_seeds, progress=False)
         rows = {r["name"]: r["mean"] for r in result["rows"]}
@@ -36,15 +45,27 @@ def main() -> None:
         finals.append(final)
         warms.append(warm)
         passages.append(passage)
-        print(f"run seed {seed}: " + ", ".join(f"{r['name']} {r['mean']:.3f}" for r in result["rows"]), flush=True)
+        table = ", ".join(f"{r['name']} {r['mean']:.3f}" for r in result["rows"])
+        print(f"warm-start seed {warm_seed}, run seed {seed}: {table}", flush=True)
     gain_w = [f - w for f, w in zip(finals, warms, strict=True)]
     gain_p = [f - p for f, p in zip(finals, passages, strict=True)]
     sd = statistics.stdev if len(finals) > 1 else (lambda _: 0.0)
-    print(f"final policy {statistics.fmean(finals):.3f} ± {sd(finals):.3f} over {len(finals)} run seeds")
+    print(f"final policy {statistics.fmean(finals):.3f} ± {sd(finals):.3f} over {len(finals)} runs")
     print(f"  vs warm-start policy: {statistics.fmean(gain_w):+.3f} ± {sd(gain_w):.3f} "
           f"(higher for {sum(g > 0 for g in gain_w)} of {len(gain_w)})")
     print(f"  vs passage only:      {statistics.fmean(gain_p):+.3f} ± {sd(gain_p):.3f} "
           f"(higher for {sum(g > 0 for g in gain_p)} of {len(gain_p)})")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _with_seed(spec: str, seed: int) -> str:
+    """'world:seed=0,split=train' -> 'world:seed=S,split=train' (seed= added when the spec has none)."""
+    head, _, body = spec.partition(":")
+    items = [i for i in body.split(",") if i and not i.startswith("seed=")]
+    return f"{head}:" + ",".join([f"seed={seed}", *items])
 
 
 if __name__ == "__main__":
