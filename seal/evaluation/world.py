@@ -27,7 +27,7 @@ from seal.config import RunConfig
 from seal.errors import ConfigError
 from seal.inner.fit import Fit, run_fits
 from seal.inner.train import Example
-from seal.report import save_figure, text_table
+from seal.report import mean_ci95, save_figure, text_table
 from seal.seeds import derive_seed
 from seal.stages.runs import read_edits, read_plan, run_config, summaries
 from seal.stages.runtime import Runtime
@@ -177,7 +177,8 @@ def table(result: dict[str, Any]) -> str:
         diffs = [a - b for a, b in zip(final["scores"], other["scores"], strict=True)]
         spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
         wins = sum(d > 0 for d in diffs)
-        lines.append(f"final policy vs {other['name']}: {statistics.fmean(diffs):+.3f} ± {spread:.3f} "
+        mean, low, high = mean_ci95(diffs)
+        lines.append(f"final policy vs {other['name']}: {mean:+.3f} ± {spread:.3f}, 95% CI [{low:+.3f}, {high:+.3f}] "
                      f"(higher in {wins} of {len(diffs)} seeds)")
     return "\n".join(lines)
 
