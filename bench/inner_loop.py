@@ -34,6 +34,7 @@ import re
 import subprocess
 import sys
 import time
+from statistics import median
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -190,12 +191,6 @@ def headroom(model, rows: list[int], b: int, repeats: int = 5) -> tuple[float, f
 DEFAULT_MODEL = "tiny:hidden=256,layers=4,seed=0"
 
 
-def median(xs: list[float]) -> float:
-    ys = sorted(xs)
-    mid = len(ys) // 2
-    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
-
-
 def spread(xs: list[float], fmt: str = "{:.2f}") -> str:
     """median [min-max] of a figure over the repeats"""
     return f"{fmt.format(median(xs))} [{fmt.format(min(xs))}-{fmt.format(max(xs))}]"
@@ -288,12 +283,13 @@ def report(spec: str, m: dict, args: argparse.Namespace) -> dict[str, list[float
         per["fits padded c/b"] = [runs["b"][r]["fit"] / runs["c-padded"][r]["fit"] for r in reps]
         per["packing gain"] = [runs["c-padded"][r]["fit"] / runs["c"][r]["fit"] for r in reps]
     print(f"model {spec}: median [min-max] over {len(reps)} repeats")
+
     def secs(arm: str, key: str) -> str:
         return spread([r[key] for r in runs[arm]], "{:.1f}")
 
     print(f"  (b) base once, fits then scores one by one: {spread(per['b/min'])} candidates/min, fits "
           f"{secs('b', 'fit')} s, scoring {secs('b', 'score')} s")
-    print(f"  (c) batched multi-LoRA, B={min(n * args.fits, args.max_batch)}, packed passes "
+    print(f"  (c) batched multi-LoRA, B={m['b']}, packed passes "
           f"{'on' if m['packs'] else 'unavailable'}: {spread(per['c/min'])} candidates/min, fits "
           f"{secs('c', 'fit')} s, scoring {secs('c', 'score')} s (scored with {args.score_backend})")
     if "c-padded" in runs:

@@ -71,6 +71,13 @@ def instrument(multilora) -> dict:
     counts = {"passes": 0, "tokens": 0, "positions": 0}
     orig = {name: getattr(multilora, name) for name in ("pick_adapters", "collate", "_per_adapter_loss")}
 
+    def ranged(fn, phase: str):
+        """fn, run inside a `phase` range (a plain function: as a class attribute it is a method)"""
+        def run(*a, **k):
+            with record_function(phase):
+                return fn(*a, **k)
+        return run
+
     def pick(*a, **k):
         counts["passes"] += 1  # padded passes
         with record_function("schedule"):
@@ -83,11 +90,8 @@ def instrument(multilora) -> dict:
         counts["positions"] += out["input_ids"].numel()
         return out
 
-    def loss(*a, **k):
-        with record_function("loss"):
-            return orig["_per_adapter_loss"](*a, **k)
-
-    multilora.pick_adapters, multilora.collate, multilora._per_adapter_loss = pick, collate, loss
+    multilora.pick_adapters, multilora.collate = pick, collate
+    multilora._per_adapter_loss = ranged(orig["_per_adapter_loss"], "loss")
     if hasattr(multilora, "_packed_losses"):  # packed passes: building the packed row, forward and loss
         packed = multilora._packed_losses
 
@@ -100,28 +104,9 @@ def instrument(multilora) -> dict:
 
         multilora._packed_losses = packed_losses
     opt_cls = multilora._StackedAdamW
-    step, zero = opt_cls.step, opt_cls.zero_grad
-
-    def opt_step(self, *a, **k):
-        with record_function("optimizer"):
-            return step(self, *a, **k)
-
-    def opt_zero(self):
-        with record_function("optimizer"):
-            return zero(self)
-
-    opt_cls.step, opt_cls.zero_grad = opt_step, opt_zero
-    tensor_backward, tensor_tolist = torch.Tensor.backward, torch.Tensor.tolist
-
-    def backward(self, *a, **k):
-        with record_function("backward"):
-            return tensor_backward(self, *a, **k)
-
-    def tolist(self):
-        with record_function("sync"):
-            return tensor_tolist(self)
-
-    torch.Tensor.backward, torch.Tensor.tolist = backward, tolist
+    opt_cls.step, opt_cls.zero_grad = ranged(opt_cls.step, "optimizer"), ranged(opt_cls.zero_grad, "optimizer")
+    torch.Tensor.backward = ranged(torch.Tensor.backward, "backward")
+    torch.Tensor.tolist = ranged(torch.Tensor.tolist, "sync")
     return counts
 
 

@@ -22,7 +22,7 @@ from seal import metrics
 from seal.cluster import submit
 from seal.cluster.status import run_status
 from seal.cluster.workflow import fanout_groups
-from seal.config import describe_fields, load_config
+from seal.config import check_flag_bound, describe_fields, load_config
 from seal.errors import EXIT_TRANSIENT, EXIT_USAGE, ConfigError, DataError, SealError, TransientError
 from seal.evaluation import arc as arc_eval
 from seal.evaluation import continual, cpt
@@ -293,9 +293,8 @@ def cmd_eval_arc(args: argparse.Namespace) -> int:
         raise ConfigError(f"--rows {args.rows}: choose from {','.join(arc_eval.ROWS)}")
     if args.edits is not None and args.edits < 1:
         raise ConfigError(f"--edits {args.edits}: must be at least 1")
-    if args.edits is not None and args.edits > knowledge_eval.MAX_EDITS:
-        raise ConfigError(f"--edits {args.edits}: at most {knowledge_eval.MAX_EDITS} (the bound on the config's "
-                          "edits_per_context)")
+    if args.edits is not None:
+        check_flag_bound("--edits", args.edits)
     oracle = args.oracle
     if oracle is not None and oracle.startswith("@"):
         try:

@@ -432,10 +432,21 @@ class RunConfig(Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def upper_bound(section: type, name: str) -> int:
-    """A config field's `le=` bound, for command-line flags that size the same thing (the one place
-    those numbers live)."""
-    return next(m.le for m in section.model_fields[name].metadata if hasattr(m, "le"))
+# Command-line flags that size what a config field sizes, and that field (section, name, its key):
+# the flag takes the field's own `le=` bound, so the number lives in one place.
+FLAG_FIELDS: dict[str, tuple[type, str, str]] = {
+    "--edits": (RunConfig, "edits_per_context", "edits_per_context"),
+    "--fits": (InnerLoopConfig, "fits", "inner.fits"),
+}
+
+
+def check_flag_bound(flag: str, value: int) -> None:
+    """A sizing flag above its config field's bound ends in one line (a typo such as --edits
+    1000000000 is refused at once, not found out hours into sampling)."""
+    section, name, key = FLAG_FIELDS[flag]
+    top = next(m.le for m in section.model_fields[name].metadata if hasattr(m, "le"))
+    if value > top:
+        raise ConfigError(f"{flag} {value}: at most {top} (the bound on the config's {key})")
 
 
 def _describe_error(err: ValidationError) -> str:

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seal.config import InnerLoopConfig, RunConfig, from_dict, upper_bound
+from seal.config import RunConfig, check_flag_bound, from_dict
 from seal.errors import ConfigError, DataError, TransientError
 from seal.inner.fit import Fit, run_fits
 from seal.inner.train import Example
@@ -58,8 +58,6 @@ from seal.tasks import knowledge
 log = logging.getLogger(__name__)
 
 GRADERS = (*knowledge.LOCAL_GRADERS, "judge")
-MAX_EDITS = upper_bound(RunConfig, "edits_per_context")  # --edits: K's bound
-MAX_FITS = upper_bound(InnerLoopConfig, "fits")  # --fits: F's bound
 
 
 # --- what is evaluated
@@ -158,12 +156,8 @@ def plan(out: Store, cfg: RunConfig, passages: str, limit: int | None, edit_file
         raise ConfigError(f"eval-knowledge needs task.name: knowledge (the config has {cfg.task.name!r})")
     if edits < 1 or fits < 1 or shard_size < 1 or (limit is not None and limit < 1):
         raise ConfigError("--edits, --fits, --shard-size and --limit must be at least 1")
-    # The config's own bounds on K (edits_per_context) and F (inner.fits): a typo such as
-    # --edits 1000000000 is refused here, not found out hours into sampling.
-    for flag, value, top in (("--edits", edits, MAX_EDITS), ("--fits", fits, MAX_FITS)):
-        if value > top:
-            raise ConfigError(f"{flag} {value}: at most {top} (the bound on the config's "
-                              f"{'edits_per_context' if flag == '--edits' else 'inner.fits'})")
+    check_flag_bound("--edits", edits)
+    check_flag_bound("--fits", fits)
     rows = row_specs(edit_files, policies, teacher) if rows is None else rows
     spec, records = make_plan(cfg, passages, limit, rows, edits, fits, shard_size, extra, units)
     spec["fingerprint"] = spec_fingerprint(spec, records)

@@ -320,17 +320,21 @@ def _register_packed_attention() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_ATTENTION, _no_mask)
 
 
-def _packed_logits(model: Any, rows: list[list[int]], lengths: list[int]) -> Any:
+def _packed_forward(model: Any, pack: Packing, rows: list[list[int]]) -> Any:
+    """The model's logits [T, vocab] on `rows` laid end to end as `pack` describes (packed_attention
+    reads the pack while the forward runs)."""
     import torch
 
-    device = next(model.parameters()).device
-    pack = Packing(lengths, device)
-    ids = torch.tensor([t for r in rows for t in r], device=device).unsqueeze(0)
+    ids = torch.tensor([t for r in rows for t in r], device=pack.slots.device).unsqueeze(0)
     _ACTIVE_PACKING.append(pack)
     try:
-        return model(input_ids=ids, position_ids=pack.position_ids).logits.squeeze(0)
+        return model(input_ids=ids, position_ids=pack.position_ids).logits.squeeze(0)  # a view: no copy back
     finally:
         _ACTIVE_PACKING.pop()
+
+
+def _packed_logits(model: Any, rows: list[list[int]], lengths: list[int]) -> Any:
+    return _packed_forward(model, Packing(lengths, next(model.parameters()).device), rows)
 
 
 def packing_works(model: Any) -> bool:
@@ -718,7 +722,6 @@ def _packed_losses(model: Any, multi: MultiLora, rows: list[tuple[list[int], lis
 
     lengths = [len(ids) for ids, _ in rows]
     pack = Packing(lengths, device)
-    ids = torch.tensor([t for r, _ in rows for t in r], device=device).unsqueeze(0)
     shifted = torch.tensor([t for _, lab in rows for t in lab[1:] + [IGNORE]], device=device)
     keep = shifted != IGNORE
     tok_owner = torch.tensor([i for i, ln in zip(owner, lengths, strict=True) for _ in range(ln)], device=device)
@@ -728,11 +731,9 @@ def _packed_losses(model: Any, multi: MultiLora, rows: list[tuple[list[int], lis
 
     handle = model.get_output_embeddings().register_forward_pre_hook(only_labelled)
     multi.router.pack = pack
-    _ACTIVE_PACKING.append(pack)
     try:
-        logits = model(input_ids=ids, position_ids=pack.position_ids).logits.squeeze(0)  # a view: no copy back
+        logits = _packed_forward(model, pack, [ids for ids, _ in rows])
     finally:
-        _ACTIVE_PACKING.pop()
         handle.remove()
     return _per_adapter_loss(logits, shifted[keep], tok_owner[keep], n)
 
@@ -783,9 +784,10 @@ class _StackedAdamW:
         it on torch's AdamW."""
         import torch
 
-        params = [p for p in self.params if p.grad is not None]
-        if not params:
+        keep = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not keep:
             return
+        params = [self.params[i] for i in keep]
         on = torch.zeros(self.n, dtype=torch.bool)
         on[active] = True
         self.step_count[on] += 1
@@ -806,8 +808,7 @@ class _StackedAdamW:
         f = torch.stack([decay, w1, b2, step_size, bc2_sqrt]).to(device=p0.device, dtype=p0.dtype)
         k = len(params)
         decay, w1, b2, step_size, bc2_sqrt = ([x.view(-1, 1, 1)] * k for x in f)  # per-tensor lists
-        keep = [i for i, p in enumerate(self.params) if p.grad is not None]
-        grads = [self.params[i].grad for i in keep]
+        grads = [p.grad for p in params]
         ms, vs = [self.m[i] for i in keep], [self.v[i] for i in keep]
         with torch.no_grad():
             torch._foreach_mul_(params, decay)
@@ -827,7 +828,6 @@ class _StackedAdamW:
 # fit_jobs runs packed passes where the model allows them; bench/inner_loop.py turns this off for
 # its padded-passes arm, to measure what packing gains in the same run.
 PACKED_PASSES = True
-
 
 
 def fit_jobs(model: Any, tokenizer: Any, jobs: list[FitJob], inner: Any,
