@@ -39,3 +39,17 @@ def test_restem_beats_both_baselines_on_held_out_passages(tmp_path):
         assert gain > GUARD_MARGIN, (
             f"the loop stopped learning: {final_name} {final:.3f} vs {baseline} {rows[baseline]:.3f} "
             f"(gain {gain:+.3f}, guard {GUARD_MARGIN}); table: {rows}")
+
+
+def test_a_warm_start_that_ends_too_high_says_so(tmp_path, caplog):
+    """A warm start whose loss ends above LEARNS_BELOW (here: 5 steps) warns that the loop may not
+    learn from it, and how to fix it; the model is still written."""
+    from seal.models import warmstart
+
+    spec = warmstart.WarmStartSpec(hidden=64, steps=5, batch=2, row=64)
+    with caplog.at_level("WARNING", logger="seal.models.warmstart"):
+        stats = warmstart.build(tmp_path / "m", spec, progress=False)
+    assert stats["final_loss"] > warmstart.LEARNS_BELOW
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "steps=N" in warned[0] and f"{stats['final_loss']:.3f}" in warned[0]
+    assert (tmp_path / "m" / "config.json").exists()
