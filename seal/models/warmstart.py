@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from seal.errors import ConfigError
-from seal.inner.train import Example, encode
+from seal.inner.train import IGNORE, Example, encode
 from seal.models.cache import cache_dir, publish
 from seal.models.tiny import build_tiny_model
 from seal.seeds import seed_everything
@@ -171,6 +171,8 @@ def build(out: str | Path, ws: WarmStartSpec, progress: bool = True) -> dict[str
     losses: list[float] = []
     for _step in range(ws.steps):
         batch = packed_batch(tok, stream, ws.batch, ws.row)
+        while not (batch["labels"] != IGNORE).any():  # all prompt (short rows): a 0/0 loss, NaN weights
+            batch = packed_batch(tok, stream, ws.batch, ws.row)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -197,7 +199,7 @@ def build(out: str | Path, ws: WarmStartSpec, progress: bool = True) -> dict[str
 
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("warm start: %s steps in %.0f s, final loss %.3f", ws.steps, stats["seconds"], stats["final_loss"])
-    if stats["final_loss"] > LEARNS_BELOW:
+    if not stats["final_loss"] <= LEARNS_BELOW:
         log.warning("warm start: final loss %.3f is above %.2f, where the world demo's loop stops learning "
                     "reliably; train longer (model.base world:...,steps=N with a larger N)",
                     stats["final_loss"], LEARNS_BELOW)
