@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -41,14 +42,17 @@ def main() -> None:
     ap.add_argument("--json", help="also write every run's per-seed scores here (what a guard threshold is set from)")
     ap.add_argument("--summarize", nargs="+", metavar="JSON",
                     help="run nothing: summarize the runs earlier --json files hold (grids run in parts)")
-    ap.add_argument("--guard-margin", type=float, default=0.10,
-                    help="tests/integration/test_world_learns.py's GUARD_MARGIN: its false-alarm rate is estimated")
+    ap.add_argument("--guard-margin", type=float, default=world_report.GUARD_MARGIN,
+                    help="the CI guard's least gain (tests/integration/test_world_learns.py), whose "
+                         "false-alarm rate is estimated")
+    ap.add_argument("--guard-qa-share", type=float, default=world_report.GUARD_QA_SHARE,
+                    help="the CI guard's least share of question-answer edits by the final policy")
     args = ap.parse_args()
     if args.summarize:
         records = [r for f in args.summarize for r in json.loads(Path(f).read_text())["runs"]]
     else:
         records = run_grid(args)
-    summarize(records, args.guard_margin)
+    summarize(records, args.guard_margin, args.guard_qa_share)
 
 
 def run_grid(args: argparse.Namespace) -> list[dict]:
@@ -68,13 +72,15 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
             loss = warm_start_loss(cfg.model.base)
             print(f"warm-start seed {warm_seed} (final loss {loss}), run seed {seed}: {table}", flush=True)
             records.append({"warm_seed": warm_seed, "seed": seed, "warm_start_loss": loss, "eval_seeds": eval_seeds,
-                            "scores": {r["name"]: r["scores"] for r in result["rows"]}})
+                            "scores": {r["name"]: r["scores"] for r in result["rows"]},
+                            "qa_share": {r["name"]: [s["qa"] for s in r["styles"]]
+                                         for r in result["rows"] if r["styles"]}})
             if args.json:  # after every run: a long grid keeps what it measured if stopped
                 Path(args.json).write_text(json.dumps({"runs": records}, indent=1))
     return records
 
 
-def summarize(records: list[dict], margin: float) -> None:
+def summarize(records: list[dict], margin: float, qa_share: float) -> None:
     """The final policy's gains over both baselines, over runs and over worlds (run seeds share
     their world's warm start, so the world is the honest unit), then the CI guard's view: the same
     gains with evaluation seed 0 alone, and how often a working loop would fall below the margin."""
@@ -93,7 +99,7 @@ def summarize(records: list[dict], margin: float) -> None:
             mean, low, high = mean_ci95(per_world)
             print(f"  {' ' * len(name)} {mean:+.3f}, 95% CI [{low:+.3f}, {high:+.3f}] over {len(worlds)} worlds "
                   f"(higher for {sum(g > 0 for g in per_world)} of {len(worlds)})")
-    guard_false_alarms(records, margin)
+    guard_false_alarms(records, margin, qa_share)
 
 
 def final(record: dict) -> list[float]:
@@ -101,27 +107,58 @@ def final(record: dict) -> list[float]:
     return list(record["scores"].values())[-1]
 
 
-def guard_false_alarms(records: list[dict], margin: float) -> None:
+def final_qa(record: dict) -> float:
+    """The final policy's share of question-answer edits, evaluation seed 0."""
+    return list(record["qa_share"].values())[-1][0]
+
+
+def guard_false_alarms(records: list[dict], margin: float, qa_share: float) -> None:
     """The guard test fails a run when either gain, scored with evaluation seed 0 alone, is at or
-    below `margin`. Its false-alarm rate on a working loop: the share of these runs that fail, and
-    a normal fit to each gain over the runs (a new machine is a new warm start: the runs span
-    worlds), P(gain <= margin), summed over both gains (a union bound)."""
+    below `margin`, or the final policy's share of question-answer edits is below `qa_share`.
+
+    Its false-alarm rate on a working loop, two ways: the share of these runs that would fail, and
+    for each gain the probability that the next run's gain falls at or below the margin, from a
+    normal model of the runs' gains with its mean and spread estimated from them (the Student-t
+    predictive: n runs, n - 1 degrees of freedom, honest about small n), summed over both gains (a
+    union bound). Which runs to pool is the caller's: the guard's own world on several numeric
+    paths (what another machine changes) or several worlds (a far larger change)."""
     if len(records) < 3:
         return
-    from statistics import NormalDist
-
     print(f"guard (tests/integration/test_world_learns.py), evaluation seed 0, margin {margin:+.2f}:")
     fails = [False] * len(records)
     total = 0.0
     for name, row in BASELINES.items():
         gains = [final(r)[0] - r["scores"][row][0] for r in records]
         fails = [f or g <= margin for f, g in zip(fails, gains, strict=True)]
-        mean, sd = statistics.fmean(gains), statistics.stdev(gains)
-        p = NormalDist(mean, sd).cdf(margin) if sd > 0 else float(mean <= margin)
+        n, mean, sd = len(gains), statistics.fmean(gains), statistics.stdev(gains)
+        z = (margin - mean) / (sd * math.sqrt(1 + 1 / n)) if sd > 0 else -math.inf
+        p = t_cdf(z, n - 1) if sd > 0 else float(mean <= margin)
         total += p
-        print(f"  {name} min {min(gains):+.3f}, mean {mean:+.3f} ± {sd:.3f}; margin at "
-              f"{(mean - margin) / sd if sd > 0 else float('inf'):.1f} sd, P(gain <= margin) {p:.2e}")
-    print(f"  runs that would fail: {sum(fails)} of {len(records)}; estimated false-alarm rate <= {total:.2e}")
+        print(f"  {name} min {min(gains):+.3f}, mean {mean:+.3f} ± {sd:.3f} over {n} runs; "
+              f"P(next gain <= margin) {p:.1e}")
+    shares = [final_qa(r) for r in records if r.get("qa_share")]
+    if shares:  # the guard's other condition: the final policy writes question-answer restatements
+        fails = [f or (bool(r.get("qa_share")) and final_qa(r) < qa_share) for f, r in zip(fails, records, strict=True)]
+        print(f"  final policy's question-answer share (guard: >= {qa_share}): min {min(shares):.2f}, "
+              f"mean {statistics.fmean(shares):.2f} over {len(shares)} runs")
+    print(f"  runs that would fail: {sum(fails)} of {len(records)}; estimated false-alarm rate <= {total:.1e}")
+
+
+def t_cdf(x: float, df: int) -> float:
+    """Student's t distribution function (no scipy here): its density integrated numerically,
+    Simpson's rule on [x, 0] or [0, x], well past the precision a false-alarm rate needs."""
+    if x == -math.inf:
+        return 0.0
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def pdf(t: float) -> float:
+        return c * (1 + t * t / df) ** (-(df + 1) / 2)
+
+    steps = 20000
+    h = abs(x) / steps
+    area = pdf(0) + pdf(abs(x)) + sum((4 if k % 2 else 2) * pdf(k * h) for k in range(1, steps))
+    half = area * h / 3  # the mass between 0 and |x|
+    return 0.5 - half if x < 0 else 0.5 + half
 
 
 def warm_start_loss(base: str) -> float | None:

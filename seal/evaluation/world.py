@@ -36,6 +36,14 @@ from seal.tasks import knowledge, world
 
 log = logging.getLogger(__name__)
 
+# What a working loop shows on the held-out passages after the demo's rounds, scored with one
+# evaluation seed: the final policy's edits beat both the warm-start policy's edits and the passage
+# alone by more than GUARD_MARGIN, and at least GUARD_QA_SHARE of them are question-answer
+# restatements (the warm start writes 24-33%). tests/integration/test_world_learns.py asserts it;
+# bench/world_seeds.py measures how often a working loop would miss it (README, "A guard in CI").
+GUARD_MARGIN = 0.10
+GUARD_QA_SHARE = 0.6
+
 
 def heldout_source(data: str) -> str:
     if not data.startswith(world.WORLD_PREFIX):
