@@ -73,8 +73,8 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
             print(f"warm-start seed {warm_seed} (final loss {loss}), run seed {seed}: {table}", flush=True)
             records.append({"warm_seed": warm_seed, "seed": seed, "warm_start_loss": loss, "eval_seeds": eval_seeds,
                             "scores": {r["name"]: r["scores"] for r in result["rows"]},
-                            "qa_share": {r["name"]: [s["qa"] for s in r["styles"]]
-                                         for r in result["rows"] if r["styles"]}})
+                            # a row's share of question-answer edits, over the evaluation seeds
+                            "qa_share": {r["name"]: r["styles"]["qa"] for r in result["rows"] if r.get("styles")}})
             if args.json:  # after every run: a long grid keeps what it measured if stopped
                 Path(args.json).write_text(json.dumps({"runs": records}, indent=1))
     return records
@@ -83,7 +83,7 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
 def summarize(records: list[dict], margin: float, qa_share: float) -> None:
     """The final policy's gains over both baselines, over runs and over worlds (run seeds share
     their world's warm start, so the world is the honest unit), then the CI guard's view: the same
-    gains with evaluation seed 0 alone, and how often a working loop would fall below the margin."""
+    conditions with evaluation seed 0 alone, and how often a working loop would fail it."""
     finals = [statistics.fmean(final(r)) for r in records]
     sd = statistics.stdev if len(finals) > 1 else (lambda _: 0.0)
     print(f"final policy {statistics.fmean(finals):.3f} ± {sd(finals):.3f} over {len(finals)} runs")
@@ -108,47 +108,53 @@ def final(record: dict) -> list[float]:
 
 
 def final_qa(record: dict) -> float:
-    """The final policy's share of question-answer edits, evaluation seed 0."""
-    return list(record["qa_share"].values())[-1][0]
+    """The final policy's share of question-answer edits (over the run's evaluation seeds; the
+    guard's one seed gives a noisier share, which at the 0.94-1.00 measured matters little)."""
+    return list(record["qa_share"].values())[-1]
 
 
 def guard_false_alarms(records: list[dict], margin: float, qa_share: float) -> None:
-    """The guard test fails a run when either gain, scored with evaluation seed 0 alone, is at or
-    below `margin`, or the final policy's share of question-answer edits is below `qa_share`.
+    """The guard test fails a run when the final policy's edits, scored with evaluation seed 0
+    alone, lift held-out accuracy no more than `margin` above the un-adapted model, or when fewer
+    than `qa_share` of them are question-answer restatements.
 
     Its false-alarm rate on a working loop, two ways: the share of these runs that would fail, and
-    for each gain the probability that the next run's gain falls at or below the margin, from a
-    normal model of the runs' gains with its mean and spread estimated from them (the Student-t
-    predictive: n runs, n - 1 degrees of freedom, honest about small n), summed over both gains (a
-    union bound). Which runs to pool is the caller's: the guard's own world on several numeric
-    paths (what another machine changes) or several worlds (a far larger change)."""
+    for each condition the probability that the next run falls on the wrong side, from a normal
+    model of the runs' values with mean and spread estimated from them (the Student-t predictive:
+    n runs, n - 1 degrees of freedom, honest about small n), summed over the conditions (a union
+    bound). Which runs to pool is the caller's: the guard's own world on several numeric paths
+    (what another machine changes), several worlds (a larger change), one run per warm start (the
+    honest unit). The gains over the two baselines get the same estimate, for comparison: they are
+    the demo's claim, too spread over worlds to be a quiet alarm."""
     if len(records) < 3:
         return
-    print(f"guard (tests/integration/test_world_learns.py), evaluation seed 0, margin {margin:+.2f}:")
-    fails = [False] * len(records)
-    total = 0.0
-    for name, row in BASELINES.items():
-        gains = [final(r)[0] - r["scores"][row][0] for r in records]
-        fails = [f or g <= margin for f, g in zip(fails, gains, strict=True)]
-        n, mean, sd = len(gains), statistics.fmean(gains), statistics.stdev(gains)
-        z = (margin - mean) / (sd * math.sqrt(1 + 1 / n)) if sd > 0 else -math.inf
-        p = t_cdf(z, n - 1) if sd > 0 else float(mean <= margin)
-        total += p
-        print(f"  {name} min {min(gains):+.3f}, mean {mean:+.3f} ± {sd:.3f} over {n} runs; "
-              f"P(next gain <= margin) {p:.1e}")
+    print(f"guard (tests/integration/test_world_learns.py), evaluation seed 0, {len(records)} runs:")
+    lift = [final(r)[0] - r["scores"]["base model (no adaptation)"][0] for r in records]
+    fails = [g <= margin for g in lift]
+    total = _tail(f"  final policy vs base model (guard: > {margin:+.2f}):", lift, margin)
     shares = [final_qa(r) for r in records if r.get("qa_share")]
-    if shares:  # the guard's other condition: the final policy writes question-answer restatements
-        fails = [f or (bool(r.get("qa_share")) and final_qa(r) < qa_share) for f, r in zip(fails, records, strict=True)]
-        print(f"  final policy's question-answer share (guard: >= {qa_share}): min {min(shares):.2f}, "
-              f"mean {statistics.fmean(shares):.2f} over {len(shares)} runs")
+    if len(shares) == len(records):
+        fails = [f or q < qa_share for f, q in zip(fails, shares, strict=True)]
+        total += _tail(f"  final policy's question-answer share (guard: >= {qa_share}):", shares, qa_share)
     print(f"  runs that would fail: {sum(fails)} of {len(records)}; estimated false-alarm rate <= {total:.1e}")
+    print("  not guarded, for comparison (the same estimate for a margin of 0):")
+    for name, row in BASELINES.items():
+        _tail(f"    final policy {name}", [final(r)[0] - r["scores"][row][0] for r in records], 0.0)
+
+
+def _tail(label: str, values: list[float], threshold: float) -> float:
+    """Print the values' range and the Student-t predictive P(next value <= threshold); return it."""
+    n, mean, sd = len(values), statistics.fmean(values), statistics.stdev(values)
+    p = t_cdf((threshold - mean) / (sd * math.sqrt(1 + 1 / n)), n - 1) if sd > 0 else float(mean <= threshold)
+    print(f"{label} min {min(values):+.3f}, mean {mean:+.3f} ± {sd:.3f}; P(next <= {threshold:+.2f}) {p:.1e}")
+    return p
 
 
 def t_cdf(x: float, df: int) -> float:
     """Student's t distribution function (no scipy here): its density integrated numerically,
     Simpson's rule on [x, 0] or [0, x], well past the precision a false-alarm rate needs."""
-    if x == -math.inf:
-        return 0.0
+    if math.isinf(x):
+        return float(x > 0)
     c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
 
     def pdf(t: float) -> float:

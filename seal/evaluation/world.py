@@ -36,12 +36,14 @@ from seal.tasks import knowledge, world
 
 log = logging.getLogger(__name__)
 
-# What a working loop shows on the held-out passages after the demo's rounds, scored with one
-# evaluation seed: the final policy's edits beat both the warm-start policy's edits and the passage
-# alone by more than GUARD_MARGIN, and at least GUARD_QA_SHARE of them are question-answer
-# restatements (the warm start writes 24-33%). tests/integration/test_world_learns.py asserts it;
-# bench/world_seeds.py measures how often a working loop would miss it (README, "A guard in CI").
-GUARD_MARGIN = 0.10
+# The CI guard's alarm (tests/integration/test_world_learns.py): after the demo's rounds, scored
+# with one evaluation seed, the final policy's edits must lift held-out accuracy more than
+# GUARD_MARGIN above the un-adapted model, and at least GUARD_QA_SHARE of them must be
+# question-answer restatements (the warm start writes 24-33%; a working loop ends at 94-100%).
+# Chosen for a false-alarm rate below 1%, measured by bench/world_seeds.py (README, "A guard in
+# CI"); the gains over the two baselines, the demo's claim, vary too much between warm starts to
+# be an alarm that quiet.
+GUARD_MARGIN = 0.05
 GUARD_QA_SHARE = 0.6
 
 

@@ -4,13 +4,12 @@ passages, must still show the loop learning.
 The test builds the demo's warm start at its full budget (the loop learns only from a warm start
 trained that far: README, "The gain depends on the warm start"), runs the demo's three ReSTEM
 rounds and scores the held-out passages with one evaluation seed instead of three (the report's
-slow part). It fails when the final policy's edits teach no more than GUARD_MARGIN over the
-warm-start policy's edits or over the passage alone, or when fewer than GUARD_QA_SHARE of them
-are question-answer restatements (seal.evaluation.world: the thresholds and why).
-
-A working loop clears both by far; the false-alarm rate of these thresholds is measured by
-`bench/world_seeds.py` (README, "A guard in CI"). A loop that stops learning (a broken reward,
-filter, sampler or M-step) keeps the warm start's mix of styles and gains about nothing.
+slow part). It fails when fewer than GUARD_QA_SHARE of the final policy's edits are
+question-answer restatements (the loop stopped selecting what teaches: a broken reward, filter,
+sampler or M-step leaves the warm start's mix), or when its edits lift held-out accuracy no more
+than GUARD_MARGIN above the un-adapted model (they stopped teaching: a broken inner loop).
+seal.evaluation.world has the thresholds; bench/world_seeds.py measures their false-alarm rate
+(README, "A guard in CI").
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import pytest
 
 
 @pytest.mark.slow
-def test_restem_beats_both_baselines_on_held_out_passages(tmp_path):
+def test_the_world_demo_still_learns(tmp_path):
     from seal.config import load_config
     from seal.evaluation import world as world_report
     from seal.stages.local import run_local
@@ -32,15 +31,14 @@ def test_restem_beats_both_baselines_on_held_out_passages(tmp_path):
     last = result["rows"][-1]
     assert last["name"] == "passage + round 3 policy's edits"
     table = ", ".join(f"{name} {mean:.3f}" for name, mean in rows.items())
-    for baseline in ("passage + warm-start policy's edits", "passage only"):
-        gain = last["mean"] - rows[baseline]
-        assert gain > world_report.GUARD_MARGIN, (
-            f"the loop stopped learning: round 3's edits {last['mean']:.3f} vs {baseline} {rows[baseline]:.3f} "
-            f"(gain {gain:+.3f}, guard {world_report.GUARD_MARGIN}); {table}")
-    qa = last["styles"][0]["qa"]
+    qa = last["styles"]["qa"]  # the share of its edits in this style (one evaluation seed)
     assert qa >= world_report.GUARD_QA_SHARE, (
         f"the loop stopped learning: round 3's policy writes {qa:.0%} question-answer edits "
         f"(guard {world_report.GUARD_QA_SHARE:.0%}); {table}")
+    lift = last["mean"] - rows["base model (no adaptation)"]
+    assert lift > world_report.GUARD_MARGIN, (
+        f"round 3's edits no longer teach: {last['mean']:.3f} vs the un-adapted model "
+        f"{rows['base model (no adaptation)']:.3f} (guard {world_report.GUARD_MARGIN:+.2f}); {table}")
 
 
 def test_a_warm_start_that_ends_too_high_says_so(tmp_path, caplog):

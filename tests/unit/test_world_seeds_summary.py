@@ -17,8 +17,8 @@ def load_bench():
 
 
 def run(world: int, seed: int, passage: float, warm: float, final: float, qa: float = 1.0) -> dict:
-    return {"warm_seed": world, "seed": seed, "qa_share": {"passage + warm-start policy's edits": [0.3, 0.3],
-                                                          "passage + round 2 policy's edits": [qa, qa]}, "scores": {
+    return {"warm_seed": world, "seed": seed, "qa_share": {"passage + warm-start policy's edits": 0.3,
+                                                          "passage + round 2 policy's edits": qa}, "scores": {
         "base model (no adaptation)": [0.1, 0.1], "passage only": [passage, passage],
         "passage + warm-start policy's edits": [warm, warm], "passage + round 1 policy's edits": [0.3, 0.3],
         "passage + round 2 policy's edits": [final, final + 0.02]}}
@@ -27,13 +27,13 @@ def run(world: int, seed: int, passage: float, warm: float, final: float, qa: fl
 def test_guard_counts_failing_runs_and_estimates_the_tail(capsys):
     bench = load_bench()
     records = [run(w, s, 0.1, 0.2, 0.5 + 0.01 * w + 0.005 * s) for w in range(3) for s in range(2)]
-    records.append(run(3, 0, 0.1, 0.2, 0.25))  # gain over warm-start edits 0.05: below the 0.10 margin
+    records.append(run(3, 0, 0.1, 0.2, 0.15))  # 0.05 above the base model (0.1): not above the 0.05 margin
     records.append(run(4, 0, 0.1, 0.2, 0.6, qa=0.4))  # gains fine, but the policy kept mixing styles
-    bench.summarize(records, 0.10, 0.6)
+    bench.summarize(records, 0.05, 0.6)
     out = capsys.readouterr().out
     assert "runs that would fail: 2 of 8" in out
-    assert "question-answer share (guard: >= 0.6): min 0.40" in out
-    assert "(higher for 8 of 8)" in out  # every gain is positive, one is small
+    assert "question-answer share (guard: >= 0.6): min +0.400" in out
+    assert "(higher for 7 of 8)" in out  # over the passage alone: 0.15 > 0.1; over the warm-start edits: 0.15 < 0.2
     assert "over 5 worlds" in out
     # the last round's row is the final policy's, whatever the number of rounds
     assert "final policy 0.4" in out or "final policy 0.5" in out
@@ -42,10 +42,10 @@ def test_guard_counts_failing_runs_and_estimates_the_tail(capsys):
 def test_guard_estimate_is_small_when_every_gain_is_far_above_the_margin(capsys):
     bench = load_bench()
     records = [run(w, s, 0.1, 0.2, 0.6 + 0.01 * ((w * 3 + s) % 4)) for w in range(4) for s in range(3)]
-    bench.guard_false_alarms(records, 0.10, 0.6)
+    bench.guard_false_alarms(records, 0.05, 0.6)
     out = capsys.readouterr().out
     assert "runs that would fail: 0 of 12" in out
-    estimate = float(out.rsplit("<= ", 1)[1])
+    estimate = float(out.split("estimated false-alarm rate <= ")[1].split()[0])
     assert estimate < 1e-6
 
 
