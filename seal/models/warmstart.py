@@ -171,8 +171,13 @@ def build(out: str | Path, ws: WarmStartSpec, progress: bool = True) -> dict[str
     losses: list[float] = []
     for _step in range(ws.steps):
         batch = packed_batch(tok, stream, ws.batch, ws.row)
-        while not (batch["labels"] != IGNORE).any():  # all prompt (short rows): a 0/0 loss, NaN weights
+        for _redraw in range(100):  # all prompt (rows cut short): a 0/0 loss would make every weight NaN
+            if (batch["labels"] != IGNORE).any():
+                break
             batch = packed_batch(tok, stream, ws.batch, ws.row)
+        else:
+            raise ConfigError(f"model.base world:...,row={ws.row}: rows this short hold no trained token; "
+                              "use a larger row= (the default is 192)")
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

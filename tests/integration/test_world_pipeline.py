@@ -58,3 +58,40 @@ def test_report_fits_batched_answer_like_sequential_fits(monkeypatch):
     assert len(answers["true"]) == 3
     assert len({tuple(out) for out in answers["true"]}) > 1  # the answers depend on each passage's fit
     assert answers["true"] == answers["false"]
+
+
+@pytest.mark.slow
+def test_world_seeds_bench_runs_a_grid_and_saves_what_the_guard_is_set_from(tmp_path, monkeypatch, capsys):
+    """bench/world_seeds.py end to end on a cut-down world: a run, its report, the --json record
+    (scores per evaluation seed, question-answer shares), and --summarize reading it back."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("world_seeds", root / "bench/world_seeds.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.chdir(tmp_path)  # seal run writes its rewards plot into the working directory
+    out = tmp_path / "grid.json"
+    sets = [f"store={tmp_path}/runs", "model.base=world:seed=0,hidden=64,layers=2,steps=20,batch=4,row=96",
+            "rounds=1", "contexts_per_round=2", "edits_per_context=2", "sampling.max_new_tokens=16",
+            "inner.epochs=1", "mstep.epochs=1", "filter.min_reward=-1"]
+    argv = ["world_seeds.py", "--config", str(root / "configs/world-demo.yaml"), "--warm-seeds", "0,1",
+            "--seeds", "0", "--eval-seeds", "0", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv + [a for s in sets for a in ("--set", s)])
+    bench.main()
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["warm_seed"], r["seed"]) for r in runs] == [(0, 0), (1, 0)]
+    for r in runs:
+        assert list(r["scores"])[-1] == "passage + round 1 policy's edits"
+        assert all(len(v) == 1 and 0.0 <= v[0] <= 1.0 for v in r["scores"].values())
+        assert set(r["qa_share"]) == {"passage + warm-start policy's edits", "passage + round 1 policy's edits"}
+        assert r["warm_start_loss"] > 0
+    first = capsys.readouterr().out
+    assert "over 2 worlds" in first
+    monkeypatch.setattr(sys, "argv", ["world_seeds.py", "--summarize", str(out)])
+    bench.main()
+    again = capsys.readouterr().out
+    assert again.splitlines()[0] == [ln for ln in first.splitlines() if ln.startswith("final policy ")][0]
