@@ -108,6 +108,13 @@ def _layer_class():
             self.A = nn.Parameter(torch.zeros(n, rank, base.in_features, device=dev))
             self.B = nn.Parameter(torch.zeros(n, base.out_features, rank, device=dev))
             self.register_buffer("scale", torch.ones(n, device=dev))
+            self.scales = [1.0] * n  # the same, as Python floats
+            self.same_scale: float | None = 1.0  # every adapter's scale, when they share one
+
+        def set_scale(self, i: int, scale: float) -> None:
+            self.scale[i] = scale
+            self.scales[i] = scale
+            self.same_scale = scale if all(s == scale for s in self.scales) else None
 
         def forward(self, x):
             y = self.base(x)
@@ -126,10 +133,15 @@ def _layer_class():
             if pack is not None:  # [1, T, in] packed rows: this layer's bmm runs on them padded
                 xa = pack.pad_input(xa)
             h = torch.bmm(xa.reshape(idx.shape[0], -1, shape[-1]), a.transpose(1, 2))
-            delta = torch.bmm(h, b.transpose(1, 2)) * scale.view(-1, 1, 1)
+            if self.same_scale is None:  # scales differ: applied per row on the rank side, the smaller
+                h = h * scale.view(-1, 1, 1)
+            delta = torch.bmm(h, b.transpose(1, 2))
             if pack is not None:
                 delta = pack.unpad(delta)
-            return (y + delta.reshape(*shape[:-1], -1)).to(y.dtype)
+            delta = delta.reshape(*shape[:-1], -1)
+            if self.same_scale is not None:  # one scale: y + scale * delta in one operator, as peft adds it
+                return torch.add(y, delta, alpha=self.same_scale).to(y.dtype)
+            return (y + delta).to(y.dtype)
 
     return MultiLoraLinear
 
@@ -180,24 +192,39 @@ def _index_fns() -> dict[str, Any]:
     return _INDEX_FNS
 
 
+# How packed passes run attention: row by row (True) or per group of padded rows (False); None: by
+# the device (see Packing). Tests set it to check both on a CPU.
+PER_ROW: bool | None = None
+
+
 class Packing:
     """A pass's rows laid end to end as one row of T tokens (position ids restart at each row), so
     every token-wise part of the model (the linear layers, norms, MLPs, logits, loss) computes no
-    padding. Only attention, and the LoRA layers' per-row bmm, see the rows padded to the longest
-    (W), through `pad` [T, ...] -> [N, W, ...] (padding slots 0) and `unpad` back; attention pads
-    per group of rows of similar length (`pad_groups`, `unpad_groups`)."""
+    padding. The LoRA layers' bmm sees the rows padded to the longest (W), through `pad`
+    [T, ...] -> [N, W, ...] (padding slots 0) and `unpad` back. Attention runs on each row's slice
+    of the packed row where `per_row` (a CPU), else per group of rows of similar length, padded
+    (`pad_groups`, `unpad_groups`)."""
 
     def __init__(self, lengths: list[int], device: Any):
         import torch
 
         self.n, self.width = len(lengths), max(lengths)
+        self.lengths = lengths
+        self.position_ids = torch.tensor([j for ln in lengths for j in range(ln)], device=device).unsqueeze(0)
+        self.fns = _index_fns()
+        self._src: Any = None
+        self._padded: Any = None
         # token t of row i (the packed row's starts[i] + j) sits in padded slot i * W + j
         slots = [i * self.width + j for i, ln in enumerate(lengths) for j in range(ln)]
         self.slots = torch.tensor(slots, device=device)
-        self.position_ids = torch.tensor([j for ln in lengths for j in range(ln)], device=device).unsqueeze(0)
-        self.fns = _index_fns()
-        # Attention pads per group of rows of similar length (its cost grows with rows x width^2):
-        # group g's rows sit in its own [n_g, W_g] block of one buffer of `attn_size` slots.
+        # On a CPU attention runs row by row on views of the packed row: no padding and no copies,
+        # and a call per row costs little there (per group of padded rows it ran 1.1-1.3x slower
+        # at 4-64 rows, bench/README.md). A GPU pays a kernel launch per call, so there attention
+        # pads per group of rows of similar length (its cost grows with rows x width^2): group g's
+        # rows sit in its own [n_g, W_g] block of one buffer of `attn_size` slots.
+        self.per_row = device.type == "cpu" if PER_ROW is None else PER_ROW
+        if self.per_row:
+            return
         self.groups = attention_groups(lengths)
         starts = [0]
         for ln in lengths[:-1]:
@@ -214,8 +241,6 @@ class Packing:
             offset += len(rows) * width
         self.attn_size = offset
         self.attn_slots = torch.tensor(where, device=device)
-        self._src: Any = None
-        self._padded: Any = None
 
     def pad_input(self, x: Any) -> Any:
         """A LoRA layer's input [1, T, in] padded, [N, W, in]; layers that read the same tensor
@@ -278,34 +303,49 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
                      dropout: float = 0.0, sliding_window: int | None = None, softcap: Any = None,
                      **kwargs: Any) -> tuple[Any, None]:
     """transformers' attention interface over a packed pass: query [1, H, T, D] and key/value
-    [1, Hkv, T, D] are padded per row, attend causally (within a sliding window where the layer has
-    one) with torch's SDPA, and are packed back: [1, T, H, D], what the interface returns. Each row
-    attends only to itself, exactly as it would alone."""
+    [1, Hkv, T, D] attend causally (within a sliding window where the layer has one) with torch's
+    SDPA, row by row (`Packing.per_row`: each row's slice of the packed row) or per group of rows
+    padded to their longest, and come back packed: [1, T, H, D], what the interface returns. Each
+    row attends only to itself, exactly as it would alone."""
     import torch
-    import torch.nn.functional as F
 
     if softcap:
         raise ValueError("packed attention does not implement logit soft-capping")
     pack = _ACTIVE_PACKING[-1]
-    heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[-1]
+    heads, dim = query.shape[1], query.shape[-1]
+    p = dropout if module.training else 0.0
+    if pack.per_row:
+        # split, not slices: one backward node that concatenates the rows' gradients (a slice's
+        # backward writes into a zero tensor of the whole row, which grows with rows x tokens)
+        lengths = pack.lengths
+        outs = [_attend(q, k, v, sliding_window, scaling, p)
+                for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2),
+                                   strict=True)]
+        return torch.cat(outs, 2).transpose(1, 2), None
 
     def padded(t: Any) -> list[Any]:  # [1, h, T, d] -> per group [n_g, h, W_g, d]
         return [g.transpose(1, 2) for g in pack.pad_groups(t.squeeze(0).transpose(0, 1))]
 
-    outs = []
-    for q, k, v in zip(padded(query), padded(key), padded(value), strict=True):
-        width = q.shape[2]
-        mask = None
-        if sliding_window and width > sliding_window:
-            i = torch.arange(width, device=q.device)
-            mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < sliding_window)
-        # grouped-query attention (each key/value head serving heads // kv_heads queries) inside SDPA
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                             dropout_p=dropout if module.training else 0.0, scale=scaling,
-                                             enable_gqa=kv_heads != heads)
-        outs.append(out.transpose(1, 2))  # [n_g, W_g, H, D]
+    outs = [_attend(q, k, v, sliding_window, scaling, p).transpose(1, 2)  # [n_g, W_g, H, D]
+            for q, k, v in zip(padded(query), padded(key), padded(value), strict=True)]
     out = pack.unpad_groups(outs)  # [T, H, D]
     return out.reshape(1, -1, heads, dim), None
+
+
+def _attend(q: Any, k: Any, v: Any, sliding_window: int | None, scaling: Any, dropout: float) -> Any:
+    """Causal SDPA over [n, H, W, D] rows that start at position 0 (a sliding window's mask where
+    the rows are longer than the window); grouped-query attention (each key/value head serving
+    heads // kv_heads queries) inside SDPA."""
+    import torch
+    import torch.nn.functional as F
+
+    width = q.shape[2]
+    mask = None
+    if sliding_window and width > sliding_window:
+        i = torch.arange(width, device=q.device)
+        mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < sliding_window)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
+                                          scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:
@@ -325,7 +365,7 @@ def _packed_forward(model: Any, pack: Packing, rows: list[list[int]]) -> Any:
     reads the pack while the forward runs)."""
     import torch
 
-    ids = torch.tensor([t for r in rows for t in r], device=pack.slots.device).unsqueeze(0)
+    ids = torch.tensor([t for r in rows for t in r], device=pack.position_ids.device).unsqueeze(0)
     _ACTIVE_PACKING.append(pack)
     try:
         return model(input_ids=ids, position_ids=pack.position_ids).logits.squeeze(0)  # a view: no copy back
@@ -422,7 +462,7 @@ class MultiLora:
                 a, b = weights[name]
                 layer.A[i].copy_(a)
                 layer.B[i].copy_(b)
-                layer.scale[i] = scale
+                layer.set_scale(i, scale)
 
     def get_adapter(self, i: int) -> dict[str, tuple[Any, Any]]:
         return {name: (layer.A[i].detach().cpu().clone(), layer.B[i].detach().cpu().clone())
@@ -722,12 +762,15 @@ def _packed_losses(model: Any, multi: MultiLora, rows: list[tuple[list[int], lis
 
     lengths = [len(ids) for ids, _ in rows]
     pack = Packing(lengths, device)
-    shifted = torch.tensor([t for _, lab in rows for t in lab[1:] + [IGNORE]], device=device)
-    keep = shifted != IGNORE
-    tok_owner = torch.tensor([i for i, ln in zip(owner, lengths, strict=True) for _ in range(ln)], device=device)
+    # (packed position, target, adapter) of every position whose shifted label counts
+    counted = [(k, t, i) for k, (t, i) in enumerate((t, i) for (_, lab), i in zip(rows, owner, strict=True)
+                                                     for t in lab[1:] + [IGNORE]) if t != IGNORE]
+    at, targets, tok_owner = (torch.tensor([c[j] for c in counted], dtype=torch.long, device=device)
+                              for j in range(3))
+    gather = _index_fns()["gather"]
 
-    def only_labelled(module: Any, args: tuple) -> tuple:
-        return (args[0][:, keep], *args[1:])
+    def only_labelled(module: Any, args: tuple) -> tuple:  # a gather whose backward is a copy
+        return (gather(args[0].squeeze(0), at).unsqueeze(0), *args[1:])
 
     handle = model.get_output_embeddings().register_forward_pre_hook(only_labelled)
     multi.router.pack = pack
@@ -735,7 +778,7 @@ def _packed_losses(model: Any, multi: MultiLora, rows: list[tuple[list[int], lis
         logits = _packed_forward(model, pack, [ids for ids, _ in rows])
     finally:
         handle.remove()
-    return _per_adapter_loss(logits, shifted[keep], tok_owner[keep], n)
+    return _per_adapter_loss(logits, targets, tok_owner, n)
 
 
 def _per_adapter_loss(logits: Any, targets: Any, owner: Any, n: int) -> Any:

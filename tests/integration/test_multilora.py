@@ -53,11 +53,17 @@ def _jobs():
     ]
 
 
-def test_batched_adapters_match_sequential_fits(tiny_model, tmp_path):
+@pytest.mark.parametrize("one_alpha", [False, True], ids=["alphas-differ", "one-alpha"])
+def test_batched_adapters_match_sequential_fits(tiny_model, tmp_path, one_alpha):
+    """Each adapter of a batch equals the one peft trains alone, whether the adapters share one
+    scale (added in one operator) or not (scaled per row)."""
     model, tok = tiny_model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     jobs = _jobs()
+    if one_alpha:
+        for job in jobs:
+            job.lora = job.lora.model_copy(update={"alpha": 8})
     batched = train_many(model, tok, jobs, max_length=64)
     after = model.state_dict()
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
@@ -189,11 +195,15 @@ def test_fast_init_is_peft_init(tiny_model):
         assert all(torch.equal(ref[k][0], fast[k][0]) and torch.equal(ref[k][1], fast[k][1]) for k in ref)
 
 
-def test_packed_passes_match_padded_ones(tiny_model):
+@pytest.mark.parametrize("per_row", [True, False], ids=["attention-per-row", "attention-per-group"])
+def test_packed_passes_match_padded_ones(tiny_model, monkeypatch, per_row):
     """Packed passes (rows end to end, each attending only to itself) train the same adapters as
-    padded rows; the tiny model supports them, so the default path is the packed one."""
+    padded rows, both ways a packed pass can run attention (row by row, a CPU's default; per group
+    of padded rows, a GPU's); the tiny model supports them, so the default path is the packed one."""
+    from seal.inner import multilora
     from seal.inner.multilora import packing_works
 
+    monkeypatch.setattr(multilora, "PER_ROW", per_row)
     model, tok = tiny_model
     assert packing_works(model)
     impl = model.config._attn_implementation
