@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -428,7 +429,9 @@ def target_names(model: Any, targets: list[str] | tuple[str, ...]) -> list[str]:
 class MultiLora:
     """Installs B routed adapters into a model in place; `remove()` puts the plain layers back."""
 
-    def __init__(self, model: Any, n: int, rank: int, targets: list[str] | tuple[str, ...], dropout: float = 0.0):
+    def __init__(self, model: Any, n: int, rank: int, targets: list[str] | tuple[str, ...], dropout: float = 0.0,
+                 train: bool = False):
+        """`train`: the adapters will be trained (`flat` holds them and their gradients; None otherwise)."""
         cls = _layer_class()
         self.model, self.n, self.rank = model, n, rank
         self.router = Router()
@@ -441,6 +444,30 @@ class MultiLora:
             layer = cls(getattr(parent, attr), n, rank, self.router, dropout)
             setattr(parent, attr, layer)
             self.layers[name] = layer
+        self.flat = self._flatten() if train else None
+
+    def _flatten(self) -> Any:
+        """Every layer's A and B as views of one [n, P] tensor, adapter i's parameters in row i, and
+        their gradients as views of another: the optimizer then steps every adapter's parameters
+        in a handful of operators, where it took that many per stacked tensor (one CPU kernel
+        each). Autograd adds each backward pass's gradient into the views in place."""
+        import torch
+        from torch import nn
+
+        params = [(layer, attr) for layer in self.layers.values() for attr in ("A", "B")]
+        sizes = [getattr(layer, attr)[0].numel() for layer, attr in params]
+        first = getattr(*params[0])
+        flat = torch.zeros(self.n, sum(sizes), dtype=first.dtype, device=first.device)
+        grad = torch.zeros_like(flat)
+        offset = 0
+        for (layer, attr), size in zip(params, sizes, strict=True):
+            shape = getattr(layer, attr).shape
+            view = nn.Parameter(flat[:, offset: offset + size].view(shape))
+            view.grad = grad[:, offset: offset + size].view(shape)
+            setattr(layer, attr, view)
+            offset += size
+        flat.grad = grad
+        return flat
 
     def _parent(self, name: str) -> tuple[Any, str]:
         parent_name, _, attr = name.rpartition(".")
@@ -660,18 +687,21 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int, 
     attn_before = getattr(model.config, "_attn_implementation", None)
     for p in frozen:
         p.requires_grad_(False)
-    multi = MultiLora(model, n, first.rank, first.target_modules, first.dropout)
+    multi = MultiLora(model, n, first.rank, first.target_modules, first.dropout, train=True)
     was_training = model.training
     try:
         if packed:
             model.set_attn_implementation(PACKED_ATTENTION)
         for i, (j, init) in enumerate(zip(jobs, inits, strict=True)):
             multi.set_adapter(i, init, j.lora.alpha / j.lora.rank)
-        opt = _StackedAdamW(multi.parameters(), [j.lora for j in jobs], device)
+        opt = _StackedAdamW(multi.flat, [j.lora for j in jobs], device)
         stats = [{"steps": 0, "first_loss": float("nan"), "last_loss": float("nan")} for _ in jobs]
         first = torch.full((n,), float("nan"), device=device)
         last = torch.full((n,), float("nan"), device=device)
         model.train()
+        # The gradients are views of one flat tensor (MultiLora._flatten), which torch warns may be
+        # slower; here it is what makes the optimizer fast.
+        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
         pos = [0] * n  # each adapter's next step in its own schedule
         passes = tokens = padded = 0
         overhead = PASS_OVERHEAD_TOKENS["cuda" if device.type == "cuda" else "cpu"]
@@ -793,77 +823,109 @@ def _per_adapter_loss(logits: Any, targets: Any, owner: Any, n: int) -> Any:
     return sums / counts.clamp(min=1)
 
 
+# _StackedAdamW steps with torch's fused AdamW kernel where the device has one; tests set this to
+# False to check the multi-tensor fallback too.
+FUSED_ADAMW = True
+
+
+def _has_fused_adamw(like: Any) -> bool:
+    """Whether torch has a fused AdamW kernel for tensors like `like` (device and dtype): one step
+    on a one-element tensor."""
+    import torch
+
+    try:
+        z = [like.new_zeros(1) for _ in range(4)]
+        torch._fused_adamw_(z[:1], z[1:2], z[2:3], z[3:], [], [like.new_ones(())], lr=0.0, beta1=BETA1, beta2=BETA2,
+                            weight_decay=0.0, eps=EPS, amsgrad=False, maximize=False)
+        return True
+    except (AttributeError, RuntimeError, NotImplementedError) as e:
+        log.info("no fused AdamW kernel for %s %s (%s): multi-tensor steps", like.device, like.dtype, e)
+        return False
+
+
 class _StackedAdamW:
-    """torch.optim.AdamW's update (no amsgrad), per adapter along dim 0 of each stacked parameter:
-    lr, weight decay and step count are per adapter; inactive ones stay put.
+    """torch.optim.AdamW's update (no amsgrad) for n adapters whose parameters are the rows of one
+    [n, P] tensor (`MultiLora.flat`, its gradient in `.grad`): lr, weight decay and step count are
+    per adapter; adapters not in `active` stay put. `lr_scale` multiplies each active adapter's lr
+    for this step (a learning-rate schedule: one factor for all, or one per active adapter),
+    applied as torch.optim.AdamW applies a scheduler's lr (weight decay uses the scheduled lr too).
 
-    One multi-tensor (torch._foreach_*) step over every stacked parameter at once, with per-adapter
-    factors as [n, 1, 1] tensors (every stacked parameter is 3-d): an inactive adapter gets
-    weight-decay factor 1, first-moment weight 0, second-moment factor 1 and step size 0, and its
-    gradient is exactly zero (its rows were not in the pass), so it does not move; no gathers or
-    copies of the active slices. `lr_scale` multiplies each active adapter's lr for this step (a
-    learning-rate schedule: one factor for all, or one per active adapter), applied as
-    torch.optim.AdamW applies a scheduler's lr (weight decay uses the scheduled lr too)."""
+    The step is torch's fused AdamW kernel (one pass over the memory; what
+    `torch.optim.AdamW(fused=True)` runs) on the active adapters' rows, one call per (lr, weight
+    decay) they share, usually one. Where the device has no fused kernel (or FUSED_ADAMW is off),
+    the same update in multi-tensor operators over the whole tensor, with per-adapter factors as
+    [n, 1] tensors: an inactive adapter gets weight-decay factor 1, first-moment weight 0,
+    second-moment factor 1 and step size 0, and its gradient is exactly zero (its rows were not
+    in the pass), so it does not move."""
 
-    def __init__(self, params: list[Any], loras: list[LoraConfig], device: Any):
+    def __init__(self, flat: Any, loras: list[LoraConfig], device: Any):
         import torch
 
-        self.params = params
+        self.flat = flat
         self.n = len(loras)
-        self.lr = torch.tensor([lo.lr for lo in loras], dtype=torch.float64)
-        self.wd = torch.tensor([lo.weight_decay for lo in loras], dtype=torch.float64)
-        self.step_count = torch.zeros(len(loras), dtype=torch.float64)
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
+        self.lr = [lo.lr for lo in loras]
+        self.wd = [lo.weight_decay for lo in loras]
+        self.m = torch.zeros_like(flat)
+        self.v = torch.zeros_like(flat)
+        self.step_count = torch.zeros(self.n, dtype=torch.float64)  # the fallback's
+        self.steps = [torch.zeros((), device=flat.device) for _ in loras]  # the fused kernel's
+        self.fused = FUSED_ADAMW and _has_fused_adamw(flat)
         self.device = device
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
+        self.flat.grad.zero_()
 
     def step(self, active: list[int], lr_scale: float | list[float] | None = None) -> None:
         """One AdamW step of the active adapters; lr_scale: each one's share of its lr this step
         (train.lr_factor; one float for all, or one per active adapter), as a scheduler would set
         it on torch's AdamW."""
+        if not active:
+            return
+        scales = [1.0] * len(active) if lr_scale is None else (
+            [float(lr_scale)] * len(active) if isinstance(lr_scale, (int, float)) else [float(f) for f in lr_scale])
+        (self._fused if self.fused else self._foreach)(active, scales)
+
+    def _fused(self, active: list[int], scales: list[float]) -> None:
         import torch
 
-        keep = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if not keep:
-            return
-        params = [self.params[i] for i in keep]
+        groups: dict[tuple[float, float], list[int]] = {}
+        for i, f in zip(active, scales, strict=True):
+            groups.setdefault((self.lr[i] * f, self.wd[i]), []).append(i)
+        torch._foreach_add_([self.steps[i] for i in active], 1.0)
+        grad = self.flat.grad
+        for (lr, wd), rows in groups.items():
+            torch._fused_adamw_([self.flat[i] for i in rows], [grad[i] for i in rows], [self.m[i] for i in rows],
+                                [self.v[i] for i in rows], [], [self.steps[i] for i in rows], lr=lr, beta1=BETA1,
+                                beta2=BETA2, weight_decay=wd, eps=EPS, amsgrad=False, maximize=False)
+
+    def _foreach(self, active: list[int], scales: list[float]) -> None:
+        import torch
+
         on = torch.zeros(self.n, dtype=torch.bool)
         on[active] = True
         self.step_count[on] += 1
-        lr = self.lr.clone()
-        if lr_scale is not None:
-            lr[active] *= torch.as_tensor(lr_scale, dtype=torch.float64)
+        lr = torch.tensor(self.lr, dtype=torch.float64)
+        lr[active] *= torch.tensor(scales, dtype=torch.float64)
+        wd = torch.tensor(self.wd, dtype=torch.float64)
         t = self.step_count.clamp(min=1)
         # The scalars torch computes in Python floats (float64), then applies in the param dtype.
         # Inactive adapters: decay 1, moment weights that leave m and v as they are, step size 0.
         zero, one = torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
-        decay = torch.where(on, 1 - lr * self.wd, one)
+        decay = torch.where(on, 1 - lr * wd, one)
         w1 = torch.where(on, torch.full_like(lr, 1 - BETA1), zero)
         b2 = torch.where(on, torch.full_like(lr, BETA2), one)
         step_size = torch.where(on, lr / (1 - BETA1 ** t), zero)
         bc2_sqrt = (1 - BETA2 ** t).sqrt()
-        p0 = params[0]
-        # one host->device copy for all five factors
-        f = torch.stack([decay, w1, b2, step_size, bc2_sqrt]).to(device=p0.device, dtype=p0.dtype)
-        k = len(params)
-        decay, w1, b2, step_size, bc2_sqrt = ([x.view(-1, 1, 1)] * k for x in f)  # per-tensor lists
-        grads = [p.grad for p in params]
-        ms, vs = [self.m[i] for i in keep], [self.v[i] for i in keep]
+        p, g, m, v = self.flat, self.flat.grad, self.m, self.v
+        # one host->device copy for all five factors, each [n, 1]
+        decay, w1, b2, step_size, bc2_sqrt = torch.stack([decay, w1, b2, step_size, bc2_sqrt]).to(
+            device=p.device, dtype=p.dtype).unsqueeze(-1)
         with torch.no_grad():
-            torch._foreach_mul_(params, decay)
-            torch._foreach_lerp_(ms, grads, w1)
-            torch._foreach_mul_(vs, b2)
-            torch._foreach_addcmul_(vs, grads, grads, value=1 - BETA2)
-            denom = torch._foreach_sqrt(vs)
-            torch._foreach_div_(denom, bc2_sqrt)
-            torch._foreach_add_(denom, EPS)
-            upd = torch._foreach_div(ms, denom)
-            torch._foreach_mul_(upd, step_size)
-            torch._foreach_sub_(params, upd)
+            p.mul_(decay)
+            m.lerp_(g, w1)
+            v.mul_(b2).addcmul_(g, g, value=1 - BETA2)
+            denom = (v.sqrt() / bc2_sqrt).add_(EPS)
+            p.sub_(m / denom * step_size)
 
 
 # --- training all jobs, B at a time ----------------------------------------------------------------

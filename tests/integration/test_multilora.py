@@ -219,33 +219,37 @@ def test_packed_passes_match_padded_ones(tiny_model, monkeypatch, per_row):
             torch.testing.assert_close(wb, b.weights[name][1], rtol=1e-4, atol=1e-6)
 
 
-def test_stacked_adamw_is_torch_adamw_per_adapter_with_lr_scale():
-    """One step of the stacked optimiser on 3 adapters, 2 of them active with a scaled lr (a
-    learning-rate schedule's factor), equals torch.optim.AdamW with that lr on each active
-    adapter's slice; the inactive adapter does not move."""
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "multi-tensor"])
+def test_stacked_adamw_is_torch_adamw_per_adapter_with_lr_scale(monkeypatch, fused):
+    """Steps of the stacked optimiser on 3 adapters (the rows of one flat tensor), 2 of them active
+    with a scaled lr (a learning-rate schedule's factor) and different lrs and weight decays, equal
+    torch.optim.AdamW with that lr on each active adapter's row; the inactive adapter does not
+    move. Both ways it steps: torch's fused kernel and the multi-tensor fallback."""
+    from seal.inner import multilora
     from seal.inner.multilora import _StackedAdamW
 
+    monkeypatch.setattr(multilora, "FUSED_ADAMW", fused)
     torch.manual_seed(0)
     loras = [LoraConfig(lr=1e-2, weight_decay=0.1), LoraConfig(lr=3e-3), LoraConfig(lr=5e-3, weight_decay=0.01)]
-    stacked = [torch.nn.Parameter(torch.randn(3, 4, 5)), torch.nn.Parameter(torch.randn(3, 6, 4))]
-    start = [p.detach().clone() for p in stacked]
-    opt = _StackedAdamW(stacked, loras, torch.device("cpu"))
-    grads = [[torch.randn_like(p) for p in stacked] for _ in range(2)]
-    for step, scale in enumerate((0.5, [0.25, 1.0])):
-        for p, g in zip(stacked, grads[step], strict=True):
-            p.grad = g.clone()
-            p.grad[1] = 0  # adapter 1 had no rows in these passes
+    flat = torch.randn(3, 20)
+    flat.grad = torch.zeros_like(flat)
+    start = flat.clone()
+    opt = _StackedAdamW(flat, loras, torch.device("cpu"))
+    assert opt.fused == fused
+    grads = [torch.randn_like(flat) for _ in range(3)]
+    factors = (0.5, [0.25, 1.0], None)
+    for step, scale in enumerate(factors):
+        opt.zero_grad()
+        flat.grad += grads[step]
+        flat.grad[1] = 0  # adapter 1 had no rows in these passes
         opt.step([0, 2], lr_scale=scale)
-    for i, factors in ((0, (0.5, 0.25)), (2, (0.5, 1.0))):
-        alone = [torch.nn.Parameter(s[i].clone()) for s in start]
-        ref = torch.optim.AdamW(alone, lr=loras[i].lr, weight_decay=loras[i].weight_decay, foreach=False)
-        for step, factor in enumerate(factors):
+    for i, own in ((0, (0.5, 0.25, 1.0)), (2, (0.5, 1.0, 1.0))):
+        alone = torch.nn.Parameter(start[i].clone())
+        ref = torch.optim.AdamW([alone], lr=loras[i].lr, weight_decay=loras[i].weight_decay, foreach=False)
+        for step, factor in enumerate(own):
             for group in ref.param_groups:
                 group["lr"] = loras[i].lr * factor
-            for p, g in zip(alone, grads[step], strict=True):
-                p.grad = g[i].clone()
+            alone.grad = grads[step][i].clone()
             ref.step()
-        for p, q in zip(stacked, alone, strict=True):
-            torch.testing.assert_close(p[i], q, rtol=1e-6, atol=1e-7)
-    for p, s in zip(stacked, start, strict=True):
-        assert torch.equal(p[1], s[1])
+        torch.testing.assert_close(flat[i], alone.detach(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(flat[1], start[1])
