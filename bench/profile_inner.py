@@ -11,7 +11,9 @@ Phases (each wrapped in a torch.profiler.record_function by this script, not by 
 and inside them, by operator: base matmuls, LoRA matmuls (bmm), gathers/scatters of adapter
 weights and rows (index, index_add, index_put, index_copy), attention, other tensor ops, and
 Python (wall time in a phase that no operator accounts for). Padding's share is the share of
-padded positions among the positions computed. Not run by CI. Example (the figures in
+padded positions among the positions computed. Beside the unprofiled fit_jobs it times the same
+packed passes through the frozen base alone (`frozen_floor`: no adapters, no optimizer), so the
+trainer's own cost shows as a multiple of the model's. Not run by CI. Example (the figures in
 bench/README.md):
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/profile_inner.py --candidates 8 --max-batch 8
@@ -110,6 +112,57 @@ def instrument(multilora) -> dict:
     return counts
 
 
+def frozen_floor(model, tok, jobs, max_length: int) -> float:
+    """Seconds for the packed passes train_many runs on `jobs` (every adapter's next batch each
+    pass), through the frozen base alone: the forward, the loss at the labelled positions and a
+    backward to the inputs (the gradient path the LoRA layers open), no adapters and no
+    optimizer. What the trainer would take if its own parts cost nothing."""
+    import torch
+    import torch.nn.functional as F
+
+    from seal.inner import multilora
+    from seal.inner.train import IGNORE, encode, schedule
+
+    rows = [[r for r in (encode(tok, ex, max_length) for ex in j.examples) if any(x != IGNORE for x in r[1])]
+            for j in jobs]
+    plans = [schedule(len(r), j.lora, j.seed) for r, j in zip(rows, jobs, strict=True)]
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    before = model.config._attn_implementation
+    model.set_attn_implementation(multilora.PACKED_ATTENTION)
+    opened = model.get_input_embeddings().register_forward_hook(lambda m, a, out: out.detach().requires_grad_(True))
+    device = next(model.parameters()).device
+    pos = [0] * len(jobs)
+    t0 = time.perf_counter()
+    try:
+        while True:
+            batch = []
+            for i in range(len(jobs)):
+                if pos[i] < len(plans[i]):
+                    batch += [rows[i][r] for r in plans[i][pos[i]]]
+                    pos[i] += 1
+            if not batch:
+                break
+            pack = multilora.Packing([len(ids) for ids, _ in batch], device)
+            shifted = torch.tensor([t for _, lab in batch for t in lab[1:] + [IGNORE]], device=device)
+            keep = shifted != IGNORE
+            head = model.get_output_embeddings().register_forward_pre_hook(
+                lambda m, a, keep=keep: (a[0][:, keep], *a[1:]))
+            try:
+                logits = multilora._packed_forward(model, pack, [ids for ids, _ in batch])
+            finally:
+                head.remove()
+            F.cross_entropy(logits.float(), shifted[keep]).backward()
+        took = time.perf_counter() - t0
+    finally:
+        opened.remove()
+        model.set_attn_implementation(before)
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+    return took
+
+
 def main() -> None:
     from inner_loop import candidates, load, make_config
 
@@ -150,9 +203,15 @@ def main() -> None:
 
     jobs = jobs[: args.max_batch]  # one batch of B fits: a whole train_many call
     multilora.fit_jobs(model, tok, jobs, cfg.inner, cfg.model.max_length)  # warm up
-    t0 = time.perf_counter()
-    multilora.fit_jobs(model, tok, jobs, cfg.inner, cfg.model.max_length)
-    plain = time.perf_counter() - t0
+    packed = multilora.packing_works(model)
+    plains, floors = [], []
+    for _ in range(3):  # alternating, medians: the machine's noise hits both alike
+        t0 = time.perf_counter()
+        multilora.fit_jobs(model, tok, jobs, cfg.inner, cfg.model.max_length)
+        plains.append(time.perf_counter() - t0)
+        if packed:
+            floors.append(frozen_floor(model, tok, jobs, cfg.model.max_length))
+    plain = sorted(plains)[1]
 
     counts = instrument(multilora)
     # The model's forward is the one call of the model in a pass: wrap it where train_many calls it.
@@ -194,6 +253,11 @@ def main() -> None:
     print(f"fit_jobs: {plain:.2f} s unprofiled, {profiled:.2f} s profiled; {n} passes, "
           f"{1e3 * plain / n:.2f} ms per pass unprofiled; {counts['tokens']} tokens in {counts['positions']} "
           f"positions: padding {1 - counts['tokens'] / counts['positions']:.1%} of the positions computed")
+    if floors:
+        floor = sorted(floors)[1]
+        print(f"the same {n} packed passes through the frozen base alone (forward, loss, backward to the "
+              f"inputs; no adapters, no optimizer): {floor:.2f} s, {1e3 * floor / n:.2f} ms per pass; the trainer "
+              f"takes {plain / floor:.2f}x that (medians of 3, alternating)")
     kinds = ["base matmuls", "LoRA matmuls", "gathers", "attention", "other ops"]
     print(f"\nper pass, ms (profiled; phases cover {total / 1e6 / profiled:.0%} of the profiled wall time):")
     print(f"{'phase':<10} {'total':>7} {'share':>6} " + " ".join(f"{k:>13}" for k in kinds) + f" {'Python':>8}")

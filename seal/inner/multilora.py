@@ -15,14 +15,16 @@ adapters except the frozen base, so each one trains exactly as if it were alone:
   order `train.train` walks too); one that runs out of steps stops updating while the others go on;
 - the loss is the sum over adapters of each adapter's own per-batch token mean (what the
   sequential loop's `model(**batch).loss` is), so adapter b's gradient is its own loss's gradient;
-- AdamW runs per adapter (its own lr, weight decay and step count), one multi-tensor step over
-  every stacked parameter, with torch.optim.AdamW's update rule; adapters without a batch this
-  step do not move; `lr_scale` takes a learning-rate schedule's factor per step.
+- AdamW runs per adapter (its own lr, weight decay and step count) with torch.optim.AdamW's
+  update rule: every adapter's parameters are one row of a flat tensor (`MultiLora.flat`), which
+  torch's fused AdamW kernel steps; adapters without a batch this step do not move; `lr_scale`
+  takes a learning-rate schedule's factor per step.
 
 A pass packs its rows end to end as one row where the model allows it (`Packing`,
 `packing_works`): position ids restart at each row and attention runs per row (packed_attention,
-registered with transformers' attention interface), so the linear layers, norms, MLPs, logits and
-loss compute no padding and every adapter with a step left takes it in every pass. Otherwise rows
+registered with transformers' attention interface; on a CPU on each row's slice, on a GPU per
+group of rows padded to similar lengths), so the linear layers, norms, MLPs, logits and loss
+compute no padding and every adapter with a step left takes it in every pass. Otherwise rows
 are padded and `pick_adapters` groups adapters whose next batches have similar lengths.
 
 `tests/integration/test_multilora.py` checks adapters, losses and answers against the sequential
