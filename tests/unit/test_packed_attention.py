@@ -66,3 +66,22 @@ def test_packed_attention_is_each_row_alone(monkeypatch, window, per_row):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, (t.grad for t in ref_inputs), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_rows_bench_prints_each_way(capsys, monkeypatch):
+    """bench/attention_rows.py times the three ways for each B it is given and prints their ratio."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "attention_rows.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--rows", "2,3", "--repeats", "1", "--passes", "1"])
+    runpy.run_path(str(script), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert set(rows) == {"2", "3"}
+    for cells in rows.values():
+        group, per_row, uniform, ratio = cells
+        assert min(float(group), float(per_row), float(uniform)) > 0
+        assert ratio.endswith("x") and float(ratio[:-1]) > 0
+    assert multilora.PER_ROW is None  # put back
