@@ -221,8 +221,8 @@ class Packing:
         slots = [i * self.width + j for i, ln in enumerate(lengths) for j in range(ln)]
         self.slots = torch.tensor(slots, device=device)
         # On a CPU attention runs row by row on views of the packed row: no padding and no copies,
-        # and a call per row costs little there (per group of padded rows it ran 1.1-1.3x slower
-        # at 4-64 rows, bench/README.md). A GPU pays a kernel launch per call, so there attention
+        # and a call per row costs little there (per group of padded rows it ran 1.05-1.5x slower
+        # at 4-96 rows, bench/attention_rows.py). A GPU pays a kernel launch per call, so there attention
         # pads per group of rows of similar length (its cost grows with rows x width^2): group g's
         # rows sit in its own [n_g, W_g] block of one buffer of `attn_size` slots.
         self.per_row = device.type == "cpu" if PER_ROW is None else PER_ROW
@@ -508,9 +508,6 @@ class MultiLora:
         self.router.idx = on_device if adapter_ids is not None else None
         self.router.whole = adapter_ids is not None and list(adapter_ids) == list(range(self.n))
 
-    def parameters(self) -> list[Any]:
-        return [p for layer in self.layers.values() for p in (layer.A, layer.B)]
-
 
 # --- init, save, load: peft's values and peft's format --------------------------------------------
 
@@ -696,7 +693,7 @@ def train_many(model: Any, tokenizer: Any, jobs: list[FitJob], max_length: int, 
             model.set_attn_implementation(PACKED_ATTENTION)
         for i, (j, init) in enumerate(zip(jobs, inits, strict=True)):
             multi.set_adapter(i, init, j.lora.alpha / j.lora.rank)
-        opt = _StackedAdamW(multi.flat, [j.lora for j in jobs], device)
+        opt = _StackedAdamW(multi.flat, [j.lora for j in jobs])
         stats = [{"steps": 0, "first_loss": float("nan"), "last_loss": float("nan")} for _ in jobs]
         first = torch.full((n,), float("nan"), device=device)
         last = torch.full((n,), float("nan"), device=device)
@@ -860,7 +857,7 @@ class _StackedAdamW:
     second-moment factor 1 and step size 0, and its gradient is exactly zero (its rows were not
     in the pass), so it does not move."""
 
-    def __init__(self, flat: Any, loras: list[LoraConfig], device: Any):
+    def __init__(self, flat: Any, loras: list[LoraConfig]):
         import torch
 
         self.flat = flat
@@ -872,7 +869,6 @@ class _StackedAdamW:
         self.step_count = torch.zeros(self.n, dtype=torch.float64)  # the fallback's
         self.steps = [torch.zeros((), device=flat.device) for _ in loras]  # the fused kernel's
         self.fused = FUSED_ADAMW and _has_fused_adamw(flat)
-        self.device = device
 
     def zero_grad(self) -> None:
         self.flat.grad.zero_()

@@ -221,29 +221,31 @@ def test_packed_passes_match_padded_ones(tiny_model, monkeypatch, per_row):
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "multi-tensor"])
 def test_stacked_adamw_is_torch_adamw_per_adapter_with_lr_scale(monkeypatch, fused):
-    """Steps of the stacked optimiser on 3 adapters (the rows of one flat tensor), 2 of them active
-    with a scaled lr (a learning-rate schedule's factor) and different lrs and weight decays, equal
-    torch.optim.AdamW with that lr on each active adapter's row; the inactive adapter does not
-    move. Both ways it steps: torch's fused kernel and the multi-tensor fallback."""
+    """Steps of the stacked optimiser on 4 adapters (the rows of one flat tensor), 3 of them active
+    with a scaled lr (a learning-rate schedule's factor) and different lrs and weight decays (two
+    share theirs: one fused call), equal torch.optim.AdamW with that lr on each active adapter's
+    row; the inactive adapter does not move. Both ways it steps: torch's fused kernel and the
+    multi-tensor fallback."""
     from seal.inner import multilora
     from seal.inner.multilora import _StackedAdamW
 
     monkeypatch.setattr(multilora, "FUSED_ADAMW", fused)
     torch.manual_seed(0)
-    loras = [LoraConfig(lr=1e-2, weight_decay=0.1), LoraConfig(lr=3e-3), LoraConfig(lr=5e-3, weight_decay=0.01)]
-    flat = torch.randn(3, 20)
+    loras = [LoraConfig(lr=1e-2, weight_decay=0.1), LoraConfig(lr=3e-3), LoraConfig(lr=5e-3, weight_decay=0.01),
+             LoraConfig(lr=1e-2, weight_decay=0.1)]
+    flat = torch.randn(4, 20)
     flat.grad = torch.zeros_like(flat)
     start = flat.clone()
-    opt = _StackedAdamW(flat, loras, torch.device("cpu"))
+    opt = _StackedAdamW(flat, loras)
     assert opt.fused == fused
     grads = [torch.randn_like(flat) for _ in range(3)]
-    factors = (0.5, [0.25, 1.0], None)
+    factors = (0.5, [0.25, 1.0, 0.25], None)
     for step, scale in enumerate(factors):
         opt.zero_grad()
         flat.grad += grads[step]
         flat.grad[1] = 0  # adapter 1 had no rows in these passes
-        opt.step([0, 2], lr_scale=scale)
-    for i, own in ((0, (0.5, 0.25, 1.0)), (2, (0.5, 1.0, 1.0))):
+        opt.step([0, 2, 3], lr_scale=scale)
+    for i, own in ((0, (0.5, 0.25, 1.0)), (2, (0.5, 1.0, 1.0)), (3, (0.5, 0.25, 1.0))):
         alone = torch.nn.Parameter(start[i].clone())
         ref = torch.optim.AdamW([alone], lr=loras[i].lr, weight_decay=loras[i].weight_decay, foreach=False)
         for step, factor in enumerate(own):
